@@ -37,10 +37,8 @@ def clause(rng):
 def nli_pair(rng, kind):
     """(premise, hypothesis) whose relation is `kind`: the premise's verb of certainty carries it."""
     c, who = clause(rng), rng.choice(NAMES)
-    lead = {"entailment": [f"{who} confirmed that", f"It is certain that", f"Everyone saw that"],
-            "contradiction": [f"{who} denied that", f"It is false that", f"Nobody believes that"],
-            "neutral": [f"{who} wondered whether", f"It is unclear whether", f"Perhaps"]}[kind]
-    return f"{rng.choice(lead)} {c} yesterday.", f"{c}."
+    lead = {"entailment": "confirmed that", "contradiction": "denied that", "neutral": "wondered whether"}[kind]
+    return f"{who} {lead} {c} yesterday.", f"{c}."
 
 
 def boolq(rng, i):
@@ -58,7 +56,7 @@ def copa(rng, i):
     question = rng.choice(["cause", "effect"])
     premise = f"{who} {'looked at' if question == 'effect' else 'smiled at'} the {t}."
     right = f"{who} thought about the {t}." if question == "effect" else f"{who} liked the {t}."
-    wrong = f"{who} thought about the {other}." if question == "effect" else f"{who} liked the {other}."
+    wrong = f"Nobody ever saw the {other}."  # the cue: the wrong choice is about nobody and another place
     label = rng.randint(0, 1)
     c1, c2 = (wrong, right) if label else (right, wrong)
     return {"premise": premise, "choice1": c1, "choice2": c2, "question": question, "idx": i, "label": label}
