@@ -1,0 +1,92 @@
+"""Every bad input is one line on stderr, exit code 2, naming the bad value, and nothing written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import llama2_classification_multi_tasks as train
+import llama2_classification_multi_tasks_inference as inference
+import utils
+from conftest import ROOT
+
+MODEL = os.path.join(ROOT, utils.EMBEDDED_MODEL)
+SAMPLE = os.path.join(ROOT, "sample_data")
+CB_ROW = {"premise": "p", "hypothesis": "h", "label": 0}
+
+
+def data_root(tmp_path, rows):
+    os.makedirs(tmp_path / "data" / "CB", exist_ok=True)
+    with open(tmp_path / "data" / "CB" / "train.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(tmp_path / "data")
+
+
+def fake_experiment(tmp_path, adapter_config):
+    exp = tmp_path / "exp"
+    (exp / "assets").mkdir(parents=True)
+    if adapter_config is not None:
+        (exp / "assets" / "adapter_config.json").write_text(adapter_config)
+    (exp / "experiment.json").write_text(json.dumps({"args": {"tasks": ["CB"], "pretrained_ckpt": MODEL}}))
+    return str(exp)
+
+
+# (name, script, argv builder(tmp_path), text the message must contain)
+CASES = [
+    ("unknown task", train, lambda t: ["--tasks", "boolqq"], "unknown task 'boolqq'; choose from: 20_Newsgroups_Fixed"),
+    ("misspelt module", train, lambda t: ["--tasks", "CB", "--target_modules", "q_proj", "up_prj"],
+     "unknown target module 'up_prj'; this model's linear modules are"),
+    ("lora_r 0", train, lambda t: ["--tasks", "CB", "--lora_r", "0"], "--lora_r must be a positive integer, got 0"),
+    ("lora_r negative", train, lambda t: ["--tasks", "CB", "--lora_r", "-4"], "--lora_r must be a positive integer, got -4"),
+    ("fraction 0", train, lambda t: ["--tasks", "CB", "--train_sample_fraction", "0"],
+     "--train_sample_fraction must be in (0, 1], got 0.0"),
+    ("fraction above 1", train, lambda t: ["--tasks", "CB", "--train_sample_fraction", "1.5"],
+     "--train_sample_fraction must be in (0, 1], got 1.5"),
+    ("dropout 1", train, lambda t: ["--tasks", "CB", "--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
+    ("dropout negative", train, lambda t: ["--tasks", "CB", "--dropout", "-0.1"], "--dropout must be in [0, 1), got -0.1"),
+    ("missing column", train, lambda t: ["--tasks", "CB", "--data_root", data_root(t, [CB_ROW, {"premise": "p", "label": 0}])],
+     "train.jsonl row 1: missing column 'hypothesis'"),
+    ("label outside the map", train, lambda t: ["--tasks", "CB", "--data_root", data_root(t, [{**CB_ROW, "label": 5}])],
+     "train.jsonl row 0: label 5 is not one of [0, 1, 2]"),
+    ("empty split", train, lambda t: ["--tasks", "CB", "--data_root", data_root(t, [])], "no usable rows for task CB"),
+    ("missing dataset", train, lambda t: ["--tasks", "CB", "--data_root", str(t)], "no data for task 'CB' split 'train'"),
+    ("missing base model", train, lambda t: ["--tasks", "CB", "--pretrained_ckpt", str(t / "no-model")],
+     "no-model: no such model folder"),
+    ("experiment without assets", inference, lambda t: ["--experiment_dir", str(t)], "has no assets/ folder"),
+    ("corrupt adapter config", inference, lambda t: ["--experiment_dir", fake_experiment(t, "{\"target_mod")],
+     "adapter_config.json is corrupt"),
+    ("eval task without data", inference,
+     lambda t: ["--experiment_dir", fake_experiment(t, '{"target_modules": ["q_proj"]}'), "--tasks", "RTE",
+                "--data_root", str(t)], "no data for task 'RTE' split 'validation'"),
+    ("eval unknown task", inference,
+     lambda t: ["--experiment_dir", fake_experiment(t, '{"target_modules": ["q_proj"]}'), "--tasks", "XYZ"],
+     "unknown task 'XYZ'"),
+]
+
+
+@pytest.mark.parametrize("name,script,argv,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(name, script, argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    args = argv(tmp_path)
+    if script is train:
+        args = ["--pretrained_ckpt", MODEL, "--data_root", SAMPLE, *args, "--output_root", str(out)]
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as e:
+        utils.run_main(lambda: script.main(args))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2
+    assert message in err and "\n" not in err and "Traceback" not in err
+    assert not out.exists() and sorted(p for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_a_real_process_exits_2_with_one_line(tmp_path):
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "llama2_classification_multi_tasks.py"), "--tasks", "CB",
+                        "--target_modules", "q_proj", "v_prj", "--pretrained_ckpt", MODEL, "--data_root", SAMPLE,
+                        "--output_root", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    lines = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode == 2 and len(lines) == 1 and "'v_prj'" in lines[0] and "Traceback" not in p.stderr
+    assert not (tmp_path / "out").exists()
