@@ -99,6 +99,11 @@ def load_training_examples(tasks, args):
     return per_task
 
 
+def experiment_folder(args):
+    return utils.experiment_dir(args.output_root, args.tasks, args.train_sample_fraction, args.epochs, args.lora_r,
+                                args.dropout, args.target_modules, args.bnb, args.loss_on)
+
+
 def check_folder(out, args):
     """Refuse to mix two runs in one folder; decide whether to resume from a checkpoint."""
     if not os.path.isdir(out) or not os.listdir(out):
@@ -220,8 +225,7 @@ def main(argv=None):
     ckpt = utils.resolve_checkpoint(args.pretrained_ckpt)
     config = utils.load_config(ckpt, args.trust_remote_code)
     utils.check_target_modules(args.target_modules, config, args.trust_remote_code)
-    out = utils.experiment_dir(args.output_root, args.tasks, args.train_sample_fraction, args.epochs, args.lora_r,
-                               args.dropout, args.target_modules, args.bnb, args.loss_on)
+    out = experiment_folder(args)
     resume_from = check_folder(out, args)
 
     model, tokenizer = utils.load_base(ckpt, args.bnb, args.dtype, args.trust_remote_code)
