@@ -143,7 +143,7 @@ def training_blocks(per_task, tokenizer, args):
     return utils.pack(encoded, args.max_seq_length, tokenizer.pad_token_id, args.loss_on, args.seed)
 
 
-def fit(model, tokenizer, blocks, args, out, resume_from):
+def fit(model, tokenizer, blocks, args, out, resume_from, callbacks=()):
     import torch
     from torch.utils.tensorboard import SummaryWriter
     from transformers import Trainer, TrainingArguments, default_data_collator
@@ -173,7 +173,7 @@ def fit(model, tokenizer, blocks, args, out, resume_from):
         ddp_find_unused_parameters=False,
         dataloader_drop_last=False,
     )
-    callbacks = []
+    callbacks = list(callbacks)
     if targs.process_index == 0:
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=os.path.join(out, "logs"))))
     trainer = Trainer(model=model, args=targs, train_dataset=blocks, data_collator=default_data_collator,

@@ -194,3 +194,23 @@ def test_multi_process_training_under_accelerate(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     record = json.load(open(os.path.join(only_dir(out), "experiment.json")))
     assert record["global_step"] == 2
+
+
+def test_thousand_rows_longer_than_the_context_keep_their_cue(tmp_path):
+    """20 Newsgroups-like load: 1,000 texts longer than the model's 8,192-token context, at the default batch
+    size. The text field is shortened, the '### Class:' cue kept, and no example is lost to memory."""
+    folder = tmp_path / "data" / "20_Newsgroups_Fixed"
+    folder.mkdir(parents=True)
+    words = "orbit rocket launch satellite engine brakes puck goalie ".split()
+    with open(folder / "test.jsonl", "w") as f:
+        for i in range(1000):
+            text = " ".join(words[(i + k) % len(words)] for k in range(9000))  # ~9,000+ tokens
+            f.write(json.dumps({"text": text, "label": "sci.space" if i % 2 else "rec.autos"}) + "\n")
+    out = str(tmp_path / "out")
+    run(EVAL, "--pretrained_ckpt", MODEL, "--tasks", "20_Newsgroups_Fixed", "--data_root", str(tmp_path / "data"),
+        "--output_root", out, "--max_input_length", "96", "--max_new_tokens", "3")
+    metrics_dir = os.path.join(out, "20_Newsgroups_Fixed", "base-SmolLM2-135M-Instruct", "metrics")
+    m = json.load(open(os.path.join(metrics_dir, "20_Newsgroups_Fixed_metrics_update.json")))
+    assert m["n"] == 1000 and m["oom_examples"] == []
+    rows = [json.loads(line) for line in open(os.path.join(metrics_dir, "20_Newsgroups_Fixed_predictions.jsonl"))]
+    assert len(rows) == 1000 and all(r["generation"] is not None for r in rows)

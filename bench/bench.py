@@ -1,0 +1,248 @@
+"""Benchmark: training and evaluation speed against this machine's measured limits, and against the
+original's way of evaluating. Every number comes from one run on one machine; each measurement runs in
+its own child process (for a clean peak memory), one after another. Prints a table and writes
+BENCHMARKS.md.
+
+    python bench/bench.py            # make bench
+    python bench/bench.py --quick    # fewer steps and prompts (a smoke test)
+
+Model FLOPs per trained token (LoRA: frozen weights need input gradients but no weight gradients):
+    4 * N_linear + 12 * n_layers * seq_len * d_model
+N_linear counts the weights of every Linear layer the tokens pass through (lm_head included, the embedding
+lookup excluded); the second term is attention's two products (forward 4*L*s*d, backward 8*L*s*d). LoRA's
+own matrices are under 1% and left out. Utilisation = measured FLOP/s over the bf16 (or fp32) matmul ceiling.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct")
+EVAL_TASKS = ["boolq", "COPA", "CB", "RTE", "QNLI"]  # 40 evaluation rows each: 200 prompts
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def part_matmul(quick):
+    import torch
+
+    out = {"threads": torch.get_num_threads()}
+    n = 2048
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        times = []
+        for _ in range(3 if quick else 10):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+        out[name] = 2 * n ** 3 / statistics.median(times)
+    return out
+
+
+def linear_params(model):
+    import torch
+
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def part_train(mode, quick):
+    """Trained tokens per second through the training script's own functions (add_lora, training_blocks, fit)."""
+    import tempfile
+
+    import torch
+    from transformers import TrainerCallback
+
+    import llama2_classification_multi_tasks as train
+    import utils
+
+    seq, batch, steps, warm = 512, 4, (3 if quick else 6), 2
+    argv = ["--pretrained_ckpt", MODEL, "--data_root", os.path.join(ROOT, "sample_data"), "--tasks", "boolq", "COPA",
+            "CB", "RTE", "--target_modules", "q_proj", "v_proj", "up_proj", "--max_seq_length", str(seq),
+            "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", "1",
+            "--max_steps", str(steps + warm), "--logging_steps", "1000", "--save_steps", "100000",
+            "--dtype", "bf16" if mode == "bf16" else "fp32", *(["--bnb"] if mode == "bnb" else [])]
+    args = train.parse_args(argv)
+    tasks = train.check_args(args)
+    per_task = train.load_training_examples(tasks, args)
+    model, tok = utils.load_base(MODEL, args.bnb, args.dtype)
+    n_linear = linear_params(model) if not args.bnb else None
+    cfg = model.config
+    model = train.add_lora(model, args)
+    blocks = train.training_blocks(per_task, tok, args)
+
+    class Clock(TrainerCallback):
+        stamps = []
+
+        def on_step_end(self, *a, **k):
+            self.stamps.append(time.perf_counter())
+
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as out:
+        train.fit(model, tok, blocks, args, out, None, callbacks=[clock])
+    dt = (clock.stamps[-1] - clock.stamps[warm - 1]) / steps
+    if n_linear is None:  # 4-bit layers are not nn.Linear subclasses with full weights: same shapes as fp32
+        n_linear = cfg.num_hidden_layers * (2 * cfg.hidden_size ** 2 + 2 * cfg.hidden_size * cfg.num_key_value_heads
+                                            * (cfg.hidden_size // cfg.num_attention_heads)
+                                            + 3 * cfg.hidden_size * cfg.intermediate_size) + cfg.vocab_size * cfg.hidden_size
+    flops_per_token = 4 * n_linear + 12 * cfg.num_hidden_layers * seq * cfg.hidden_size
+    tokens = batch * seq
+    return {"mode": mode, "seconds_per_step": dt, "tokens_per_second": tokens / dt,
+            "flops_per_token": flops_per_token, "model_flops_per_second": tokens * flops_per_token / dt,
+            "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads()}
+
+
+def part_eval(quick):
+    """200 prompts: the original's way (one at a time, sampling) against batched greedy and rank scoring."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    import llama2_classification_multi_tasks_inference as inference
+    import prompts
+    import utils
+
+    model, tok = utils.load_base(MODEL)
+    model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj", "up_proj"],
+                                             task_type="CAUSAL_LM")).eval()
+    per_task = 10 if quick else 40
+    items = []
+    for name in EVAL_TASKS:
+        task = prompts.TASKS[name]
+        for fields, _ in prompts.load(task, os.path.join(ROOT, "sample_data"), task.eval_split, per_task):
+            items.append((task, utils.encode_prompt(tok, task, fields, 2048 - 20)))
+    n = len(items)
+    res = {"prompts": n}
+
+    t = time.perf_counter()  # (a) the original's way
+    for task, ids in items:
+        with torch.no_grad():
+            model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                           do_sample=True, top_p=0.95, temperature=1e-3, max_new_tokens=20,
+                           pad_token_id=tok.pad_token_id)
+    res["original_examples_per_second"] = n / (time.perf_counter() - t)
+
+    args = argparse.Namespace(scoring="generate", batch_size=16, max_new_tokens=20)
+    by_task = {}
+    for task, ids in items:
+        by_task.setdefault(task.name, (task, []))[1].append(ids)
+    for scoring in ("generate", "rank"):
+        args.scoring = scoring
+        t = time.perf_counter()
+        outs = {}
+        for name, (task, ids) in by_task.items():
+            outs[name] = inference.predict(model, tok, task, ids, prompts.label_space(task), args)
+        res[f"{scoring}_examples_per_second"] = n / (time.perf_counter() - t)
+        res[f"{scoring}_outputs"] = outs
+
+    t = time.perf_counter()  # one-at-a-time greedy: the reference the batched predictions must equal
+    same = 0
+    for name, (task, ids) in by_task.items():
+        for k, one in enumerate(ids):
+            [single] = inference.generate(model, tok, [one], 20)
+            same += single == res["generate_outputs"][name][k][0]
+    res["greedy_one_at_a_time_examples_per_second"] = n / (time.perf_counter() - t)
+    res["batched_equals_one_at_a_time"] = f"{same}/{n}"
+    del res["generate_outputs"], res["rank_outputs"]
+    res["peak_rss_mib"] = peak_rss_mib()
+    return res
+
+
+def child(part, *extra):
+    cmd = [sys.executable, os.path.abspath(__file__), "--part", part, *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def report(r, quick):
+    import platform
+
+    import torch
+
+    mm = r["matmul"]
+    lines = ["# Benchmarks", "",
+             f"Measured by `make bench` (`python bench/bench.py{' --quick' if quick else ''}`) on {time.strftime('%Y-%m-%d')}: "
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+             f"{mm['threads']} threads; model SmolLM2-135M-Instruct (the embedded default).", "",
+             "## Ceilings (square 2048 matmul, median)", "",
+             "| dtype | GFLOP/s |", "|---|---|",
+             f"| fp32 | {mm['fp32'] / 1e9:.1f} |", f"| bf16 | {mm['bf16'] / 1e9:.1f} |", "",
+             "## Training (LoRA r=8 on q_proj v_proj up_proj, batch 4 x 512 tokens, the training script's own code)", "",
+             "FLOPs per token = 4 * N_linear + 12 * layers * seq * d_model (see bench/bench.py).", "",
+             "| mode | tokens/s | s/step | model GFLOP/s | utilisation of bf16 ceiling | of fp32 ceiling | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for mode in ("fp32", "bf16", "bnb"):
+        t = r["train"][mode]
+        if "error" in t:
+            lines.append(f"| {mode} | failed: {t['error']} | | | | | |")
+            continue
+        lines.append(f"| {mode} | {t['tokens_per_second']:.0f} | {t['seconds_per_step']:.2f} | "
+                     f"{t['model_flops_per_second'] / 1e9:.1f} | {100 * t['model_flops_per_second'] / mm['bf16']:.1f}% | "
+                     f"{100 * t['model_flops_per_second'] / mm['fp32']:.1f}% | {t['peak_rss_mib']:.0f} |")
+    e = r["eval"]
+    lines += ["", f"## Evaluation ({e.get('prompts', '?')} sample-data prompts of {', '.join(EVAL_TASKS)}; fp32; "
+                  "untrained LoRA on q,v,up; up to 20 new tokens)", ""]
+    if "error" in e:
+        lines.append(f"failed: {e['error']}")
+    else:
+        a = e["original_examples_per_second"]
+        lines += ["| way | examples/s | ratio to the original's way |", "|---|---|---|",
+                  f"| (a) original: one at a time, do_sample, top_p 0.95, temperature 1e-3 | {a:.2f} | 1.0 |",
+                  f"| (b) batched greedy (batch 16, left padding, sorted by length) | {e['generate_examples_per_second']:.2f} "
+                  f"| {e['generate_examples_per_second'] / a:.1f} |",
+                  f"| (c) rank scoring (--scoring rank) | {e['rank_examples_per_second']:.2f} | "
+                  f"{e['rank_examples_per_second'] / a:.1f} |",
+                  f"| one-at-a-time greedy (reference) | {e['greedy_one_at_a_time_examples_per_second']:.2f} | "
+                  f"{e['greedy_one_at_a_time_examples_per_second'] / a:.1f} |", "",
+                  f"Batched greedy predictions equal to one-at-a-time greedy: {e['batched_equals_one_at_a_time']}. "
+                  f"Peak RSS {e['peak_rss_mib']:.0f} MiB."]
+    lines += ["", "## GPU", "", r["gpu"]]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--part", choices=["matmul", "train", "eval"], help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    a = p.parse_args()
+    if a.part:
+        res = {"matmul": lambda: part_matmul(a.quick), "train": lambda: part_train(a.mode, a.quick),
+               "eval": lambda: part_eval(a.quick)}[a.part]()
+        print(json.dumps(res))
+        return
+    import torch
+
+    q = ["--quick"] if a.quick else []
+    r = {"matmul": child("matmul", *q)}
+    print(f"matmul: {r['matmul']}", flush=True)
+    r["train"] = {}
+    for mode in ("fp32", "bf16", "bnb"):
+        r["train"][mode] = child("train", "--mode", mode, *q)
+        print(f"train {mode}: {r['train'][mode]}", flush=True)
+    r["eval"] = child("eval", *q)
+    print(f"eval: {r['eval']}", flush=True)
+    r["gpu"] = ("No GPU here: the Llama-2-7B-shaped 4-bit run waits for a machine with one "
+                "(`python bench/bench_gpu.py`)." if not torch.cuda.is_available() else "see bench/bench_gpu.py output")
+    text = report(r, a.quick)
+    from utils import atomic_write
+
+    atomic_write(a.out, text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
