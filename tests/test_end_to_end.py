@@ -106,14 +106,28 @@ def test_training_beats_the_majority_baseline_on_held_out_rows(trained):
     assert len(beaten) >= 2, beaten
 
 
-def test_evaluation_is_deterministic_and_resumable(trained, tmp_path):
+def test_evaluation_is_deterministic_and_resumes_after_sigkill(trained, tmp_path):
     first = {t: predictions(trained, t) for t in LEARN_TASKS}
-    metrics_file = os.path.join(trained, "metrics", "COPA_metrics_update.json")
-    mtime = os.path.getmtime(metrics_file)
-    os.remove(os.path.join(trained, "metrics", "boolq_metrics_update.json"))  # as if killed after COPA... or before
-    p = run(EVAL, "--experiment_dir", trained, "--batch_size", "3")
-    assert "COPA: metrics exist" in p.stdout and os.path.getmtime(metrics_file) == mtime  # only boolq redone
-    assert predictions(trained, "boolq") == first["boolq"]  # another batch size, the same predictions
+    copy = str(tmp_path / "copy")
+    os.makedirs(copy)
+    for name in ("assets", "experiment.json"):
+        os.symlink(os.path.join(trained, name), os.path.join(copy, name))
+    proc = subprocess.Popen([sys.executable, EVAL, "--experiment_dir", copy, "--batch_size", "1"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = os.path.join(copy, "metrics", f"{LEARN_TASKS[0]}_metrics_update.json")
+    deadline = time.time() + 600
+    while not os.path.exists(done) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)  # killed while the second task runs, one example at a time
+    proc.wait()
+    left = sorted(os.listdir(os.path.join(copy, "metrics")))
+    assert left == [f"{LEARN_TASKS[0]}_metrics_update.json", f"{LEARN_TASKS[0]}_predictions.jsonl"]  # nothing half-written
+    json.load(open(done))
+    mtime = os.path.getmtime(done)
+    p = run(EVAL, "--experiment_dir", copy, "--batch_size", "3")
+    assert f"{LEARN_TASKS[0]}: metrics exist" in p.stdout and os.path.getmtime(done) == mtime  # only the rest redone
+    for t in LEARN_TASKS:  # other runs, other batch sizes: the same predictions
+        assert predictions(copy, t) == first[t]
 
 
 def test_rank_scoring_agrees_with_greedy_and_both_match_one_at_a_time(trained, tmp_path):
@@ -165,6 +179,9 @@ def test_training_is_deterministic_and_resumes_after_sigkill(tmp_path):
     run(TRAIN, *args, "--output_root", b)
     rec_a, rec_b = (json.load(open(os.path.join(only_dir(r), "experiment.json"))) for r in (a, b))
     assert abs(rec_a["train_loss"] - rec_b["train_loss"]) < 1e-6 and rec_a["global_step"] == 6
+    for r in (a, b):
+        run(EVAL, "--experiment_dir", only_dir(r), "--max_test_samples", "8", "--max_new_tokens", "5")
+    assert predictions(only_dir(a), "CB") == predictions(only_dir(b), "CB")
 
     proc = subprocess.Popen([sys.executable, TRAIN, *args, "--output_root", c], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
