@@ -34,18 +34,22 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def part_matmul(quick):
+def part_matmul(quick, device="cpu"):
     import torch
 
     out = {"threads": torch.get_num_threads()}
-    n = 2048
+    n = 2048 if device == "cpu" else 8192
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
         a @ b
         times = []
         for _ in range(3 if quick else 10):
+            if device != "cpu":
+                torch.cuda.synchronize()
             t = time.perf_counter()
             a @ b
+            if device != "cpu":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
         out[name] = 2 * n ** 3 / statistics.median(times)
     return out
@@ -57,7 +61,7 @@ def linear_params(model):
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def part_train(mode, quick):
+def part_train(mode, quick, model_path=MODEL, batch=4):
     """Trained tokens per second through the training script's own functions (add_lora, training_blocks, fit)."""
     import tempfile
 
@@ -67,8 +71,10 @@ def part_train(mode, quick):
     import llama2_classification_multi_tasks as train
     import utils
 
-    seq, batch, steps, warm = 512, 4, (3 if quick else 6), 2
-    argv = ["--pretrained_ckpt", MODEL, "--data_root", os.path.join(ROOT, "sample_data"), "--tasks", "boolq", "COPA",
+    seq, steps, warm = 512, (3 if quick else 6), 2
+    if mode == "bnb" and not torch.cuda.is_available():  # 4-bit on a CPU is slow (bitsandbytes dequantises per call)
+        steps, warm = 2, 1
+    argv = ["--pretrained_ckpt", model_path, "--data_root", os.path.join(ROOT, "sample_data"), "--tasks", "boolq", "COPA",
             "CB", "RTE", "--target_modules", "q_proj", "v_proj", "up_proj", "--max_seq_length", str(seq),
             "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", "1",
             "--max_steps", str(steps + warm), "--logging_steps", "1000", "--save_steps", "100000",
@@ -76,7 +82,7 @@ def part_train(mode, quick):
     args = train.parse_args(argv)
     tasks = train.check_args(args)
     per_task = train.load_training_examples(tasks, args)
-    model, tok = utils.load_base(MODEL, args.bnb, args.dtype)
+    model, tok = utils.load_base(model_path, args.bnb, args.dtype)
     n_linear = linear_params(model) if not args.bnb else None
     cfg = model.config
     model = train.add_lora(model, args)
@@ -100,7 +106,34 @@ def part_train(mode, quick):
     tokens = batch * seq
     return {"mode": mode, "seconds_per_step": dt, "tokens_per_second": tokens / dt,
             "flops_per_token": flops_per_token, "model_flops_per_second": tokens * flops_per_token / dt,
-            "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads()}
+            "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads(),
+            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None}
+
+
+def part_gpu(quick):
+    """On a GPU: a Llama-2-7B-shaped model with random weights (built from its configuration, no download),
+    trained with --bnb through the same code, against a bf16 matmul measured on the same card."""
+    import tempfile
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no GPU"}
+    ceiling = part_matmul(quick, "cuda")
+    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=32, vocab_size=49152, max_position_embeddings=4096)
+    with tempfile.TemporaryDirectory() as folder:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model.save_pretrained(folder)
+        del model
+        torch.cuda.empty_cache()
+        AutoTokenizer.from_pretrained(MODEL).save_pretrained(folder)  # the embedded tokenizer: no download
+        res = part_train("bnb", quick, folder, batch=8)
+    res.update(device=torch.cuda.get_device_name(), bf16_ceiling=ceiling["bf16"],
+               utilisation=res["model_flops_per_second"] / ceiling["bf16"])
+    return res
 
 
 def part_eval(quick):
@@ -215,13 +248,13 @@ def report(r, quick):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--part", choices=["matmul", "train", "eval"], help=argparse.SUPPRESS)
+    p.add_argument("--part", choices=["matmul", "train", "eval", "gpu"], help=argparse.SUPPRESS)
     p.add_argument("--mode", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     a = p.parse_args()
     if a.part:
         res = {"matmul": lambda: part_matmul(a.quick), "train": lambda: part_train(a.mode, a.quick),
-               "eval": lambda: part_eval(a.quick)}[a.part]()
+               "eval": lambda: part_eval(a.quick), "gpu": lambda: part_gpu(a.quick)}[a.part]()
         print(json.dumps(res))
         return
     import torch
@@ -235,8 +268,17 @@ def main():
         print(f"train {mode}: {r['train'][mode]}", flush=True)
     r["eval"] = child("eval", *q)
     print(f"eval: {r['eval']}", flush=True)
-    r["gpu"] = ("No GPU here: the Llama-2-7B-shaped 4-bit run waits for a machine with one "
-                "(`python bench/bench_gpu.py`)." if not torch.cuda.is_available() else "see bench/bench_gpu.py output")
+    if torch.cuda.is_available():
+        g = child("gpu", *q)
+        print(f"gpu: {g}", flush=True)
+        r["gpu"] = (f"failed: {g['error']}" if "error" in g else
+                    f"{g['device']}: Llama-2-7B-shaped model (random weights; vocabulary 49,152 to fit the embedded tokenizer), --bnb, LoRA q,v,up, batch 8 x 512: "
+                    f"{g['tokens_per_second']:.0f} tokens/s, {g['model_flops_per_second'] / 1e12:.1f} model TFLOP/s = "
+                    f"{100 * g['utilisation']:.1f}% of a bf16 matmul measured there ({g['bf16_ceiling'] / 1e12:.0f} "
+                    f"TFLOP/s); peak GPU memory {g['peak_gpu_mib'] / 1024:.1f} GiB.")
+    else:
+        r["gpu"] = ("No GPU on this machine: the Llama-2-7B-shaped 4-bit measurement (`part_gpu` in bench/bench.py) "
+                    "runs by itself when `make bench` finds one, and waits until then.")
     text = report(r, a.quick)
     from utils import atomic_write
 
