@@ -168,13 +168,14 @@ def resolve_checkpoint(ckpt):
             print(f"converting {ckpt} to a plain checkpoint in {cache}")
             gguf_to_folder(ckpt, cache)
         return cache
+    if os.path.normpath(ckpt).endswith(os.path.normpath(EMBEDDED_MODEL)) and not os.path.isdir(ckpt):
+        raise UserError(f"--pretrained_ckpt {ckpt}: the embedded model is not there yet: run `make model`")
     if os.path.isdir(ckpt):
         if not os.path.isfile(os.path.join(ckpt, "config.json")):
             raise UserError(f"--pretrained_ckpt {ckpt}: folder has no config.json (not a model checkpoint)")
         return ckpt
     if ckpt.startswith((".", "/", "~")) or ckpt.count("/") > 1 or os.path.exists(os.path.dirname(ckpt) or "\0"):
-        raise UserError(f"--pretrained_ckpt {ckpt}: no such model folder" +
-                        (" (run `make model` for the embedded default)" if ckpt.rstrip("/") == EMBEDDED_MODEL else ""))
+        raise UserError(f"--pretrained_ckpt {ckpt}: no such model folder")
     return ckpt  # a hub id
 
 

@@ -35,6 +35,14 @@ def only_dir(root):
     return d
 
 
+def linked_copy(exp, folder):
+    """A second experiment folder sharing the trained adapter, with metrics of its own."""
+    os.makedirs(folder)
+    for name in ("assets", "experiment.json"):
+        os.symlink(os.path.join(exp, name), os.path.join(folder, name))
+    return str(folder)
+
+
 def predictions(exp, task):
     with open(os.path.join(exp, "metrics", f"{task}_predictions.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -108,10 +116,7 @@ def test_training_beats_the_majority_baseline_on_held_out_rows(trained):
 
 def test_evaluation_is_deterministic_and_resumes_after_sigkill(trained, tmp_path):
     first = {t: predictions(trained, t) for t in LEARN_TASKS}
-    copy = str(tmp_path / "copy")
-    os.makedirs(copy)
-    for name in ("assets", "experiment.json"):
-        os.symlink(os.path.join(trained, name), os.path.join(copy, name))
+    copy = linked_copy(trained, tmp_path / "copy")
     proc = subprocess.Popen([sys.executable, EVAL, "--experiment_dir", copy, "--batch_size", "1"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     done = os.path.join(copy, "metrics", f"{LEARN_TASKS[0]}_metrics_update.json")
@@ -138,10 +143,7 @@ def test_rank_scoring_agrees_with_greedy_and_both_match_one_at_a_time(trained, t
     import prompts
 
     greedy = {t: predictions(trained, t) for t in LEARN_TASKS}
-    copy = str(tmp_path / "copy")
-    os.makedirs(copy)
-    for name in ("assets", "experiment.json"):
-        os.symlink(os.path.join(trained, name), os.path.join(copy, name))
+    copy = linked_copy(trained, tmp_path / "copy")
     run(EVAL, "--experiment_dir", copy, "--scoring", "rank")
     agree = total = 0
     for t in LEARN_TASKS:

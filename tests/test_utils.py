@@ -96,6 +96,8 @@ def test_target_module_names_checked_against_the_model():
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(UserError, match="no such model folder"):
         utils.resolve_checkpoint(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="run `make model`"):
+        utils.resolve_checkpoint(str(tmp_path / utils.EMBEDDED_MODEL))
     with pytest.raises(UserError, match="no config.json"):
         utils.resolve_checkpoint(str(tmp_path))
     with pytest.raises(UserError, match="cannot load it"):  # a hub id while offline
