@@ -8,6 +8,7 @@ Pure Python (+ `datasets` only when a `disk_datasets` folder, a csv/parquet file
 no torch, no model, so the prompt tests run in milliseconds.
 """
 
+import functools
 import json
 import os
 import random
@@ -167,10 +168,15 @@ def check_tasks(names):
 FILE_TYPES = ("jsonl", "json", "csv", "parquet")
 
 
-def hub_reachable(timeout=3.0):
-    """False at once when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set or the hub does not answer in `timeout` s."""
+def hub_reachable():
+    """False at once when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set or the hub does not answer in 3 s (asked once)."""
     if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return False
+    return _hub_answers()
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_answers(timeout=3.0):
     host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
     ok = []
 

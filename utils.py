@@ -179,11 +179,18 @@ def resolve_checkpoint(ckpt):
     return ckpt  # a hub id
 
 
+def hub_kwargs(ckpt):
+    """Offline, a hub id is looked up in the local cache only: no minutes of retries."""
+    from prompts import hub_reachable
+
+    return {} if os.path.isdir(ckpt) or hub_reachable() else {"local_files_only": True}
+
+
 def load_config(ckpt, trust_remote_code=False):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(ckpt, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(ckpt, trust_remote_code=trust_remote_code, **hub_kwargs(ckpt))
     except OSError as e:
         raise UserError(f"--pretrained_ckpt {ckpt}: cannot load it as a local folder or from the hub "
                         f"({str(e).splitlines()[0][:160]})") from None
@@ -232,7 +239,7 @@ def bnb_config():
 def load_tokenizer(path, trust_remote_code=False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **hub_kwargs(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -244,7 +251,7 @@ def load_base(ckpt, bnb=False, dtype="auto", trust_remote_code=False):
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": pick_dtype(dtype), "trust_remote_code": trust_remote_code}
+    kwargs = {"dtype": pick_dtype(dtype), "trust_remote_code": trust_remote_code, **hub_kwargs(ckpt)}
     if bnb:
         kwargs["quantization_config"] = bnb_config()
         kwargs["dtype"] = torch.bfloat16
