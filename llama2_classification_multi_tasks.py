@@ -119,8 +119,16 @@ def check_folder(out, args):
     return os.path.join(out, ckpts[-1]) if ckpts else None
 
 
+def bf16_autocast(args):
+    """Whether the Trainer runs under bf16 autocast: a bf16 model, or a 4-bit one on a GPU (bf16 compute)."""
+    import torch
+
+    return utils.pick_dtype(args.dtype) == torch.bfloat16 or (args.bnb and torch.cuda.is_available())
+
+
 def add_lora(model, args):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     if args.bnb:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
@@ -131,6 +139,10 @@ def add_lora(model, args):
                         task_type="CAUSAL_LM", target_modules=args.target_modules)
     model = get_peft_model(model, config)
     model.config.use_cache = False
+    if bf16_autocast(args):  # autocast runs LoRA's matmuls in bf16 anyway: skip peft's casts of every input to
+        for module in model.modules():  # the fp32 adapter weights (13% of a bf16 step on a CPU, profiled)
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
     return model
 
 
@@ -150,7 +162,6 @@ def fit(model, tokenizer, blocks, args, out, resume_from, callbacks=()):
     from transformers.integrations import TensorBoardCallback
 
     cuda = torch.cuda.is_available()
-    bf16 = utils.pick_dtype(args.dtype) == torch.bfloat16 or (args.bnb and cuda)
     targs = TrainingArguments(
         output_dir=out,
         num_train_epochs=args.epochs,
@@ -161,7 +172,7 @@ def fit(model, tokenizer, blocks, args, out, resume_from, callbacks=()):
         lr_scheduler_type="constant",
         max_grad_norm=0.3,
         optim="paged_adamw_32bit" if args.bnb and cuda else "adamw_torch",
-        bf16=bf16,
+        bf16=bf16_autocast(args),
         tf32=cuda and torch.cuda.get_device_capability()[0] >= 8,
         logging_steps=args.logging_steps,
         save_steps=args.save_steps,
