@@ -139,8 +139,8 @@ def add_lora(model, args):
                         task_type="CAUSAL_LM", target_modules=args.target_modules)
     model = get_peft_model(model, config)
     model.config.use_cache = False
-    if bf16_autocast(args):  # autocast runs LoRA's matmuls in bf16 anyway: skip peft's casts of every input to
-        for module in model.modules():  # the fp32 adapter weights (13% of a bf16 step on a CPU, profiled)
+    if bf16_autocast(args):  # autocast runs LoRA's matmuls in bf16 anyway: skip peft's copies of every input to
+        for module in model.modules():  # the fp32 adapter's dtype (part of aten::copy_ in bench/profile_train.py)
             if isinstance(module, BaseTunerLayer):
                 module.cast_input_dtype_enabled = False
     return model

@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--scoring", choices=["generate", "rank"], default="generate",
                    help="generate: greedy decoding; rank: the label with the highest likelihood (closed label sets)")
     p.add_argument("--max_test_samples", type=int, default=1000, help="the first N cleaned evaluation rows")
-    p.add_argument("--batch_size", type=int, default=32,
+    p.add_argument("--batch_size", type=int, default=64,
                    help="prompts per batch (halved automatically on out-of-memory)")
     p.add_argument("--max_new_tokens", type=int, default=20)
     p.add_argument("--max_input_length", type=int, default=2048,

@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--scoring", choices=["generate", "rank"], default="generate")
     p.add_argument("--max_test_samples", type=int, default=1000)
-    p.add_argument("--batch_size", type=int, default=32, help="evaluation batch size")
+    p.add_argument("--batch_size", type=int, default=64, help="evaluation batch size")
     return p.parse_args(argv)
 
 
