@@ -16,7 +16,7 @@ import os
 
 import utils
 
-SUFFIX = "_metrics_update.json"
+SUFFIX = os.path.basename(utils.metrics_path("", ""))  # "_metrics_update.json"
 ROLE = {"up_proj": "keys", "gate_proj": "keys", "down_proj": "values"}
 
 
@@ -72,7 +72,7 @@ def mcnemar(a_right, b_right):
 
 def correctness(exp_path, task):
     """{example id: right?} from a task's predictions file."""
-    path = os.path.join(exp_path, "metrics", f"{task}_predictions.jsonl")
+    path = utils.predictions_path(exp_path, task)
     if not os.path.isfile(path):
         return None
     with open(path) as f:

@@ -182,7 +182,6 @@ def fit(model, tokenizer, blocks, args, out, resume_from, callbacks=()):
         data_seed=args.seed,
         use_cpu=not cuda,
         ddp_find_unused_parameters=False,
-        dataloader_drop_last=False,
     )
     callbacks = list(callbacks)
     if targs.process_index == 0:

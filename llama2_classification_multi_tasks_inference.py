@@ -191,7 +191,7 @@ def main(argv=None):
     metrics_dir = os.path.join(out, "metrics")
     todo = []
     for t in tasks:
-        path = os.path.join(metrics_dir, f"{t.name}_metrics_update.json")
+        path = utils.metrics_path(out, t.name)
         if os.path.isfile(path) and not args.overwrite:
             old = utils.read_json(path, "metrics file")
             wanted = args.scoring if t.closed else "generate"
@@ -221,11 +221,11 @@ def main(argv=None):
         model.eval()
         for t in todo:
             m, rows = evaluate_task(model, tok, t, data[t.name], args)
-            utils.write_jsonl(os.path.join(metrics_dir, f"{t.name}_predictions.jsonl"), rows)
-            utils.write_json(os.path.join(metrics_dir, f"{t.name}_metrics_update.json"), m)
+            utils.write_jsonl(utils.predictions_path(out, t.name), rows)
+            utils.write_json(utils.metrics_path(out, t.name), m)
     print(f"\n{'task':<22}{'accuracy':>10}{'95% interval':>18}{'majority':>10}{'invalid':>9}{'n':>6}  scoring")
     for t in tasks:
-        m = utils.read_json(os.path.join(metrics_dir, f"{t.name}_metrics_update.json"))
+        m = utils.read_json(utils.metrics_path(out, t.name))
         lo, hi = m["accuracy_ci95"]
         print(f"{t.name:<22}{m['accuracy']:>10.3f}{f'[{lo:.3f}, {hi:.3f}]':>18}{m['majority_baseline']:>10.3f}"
               f"{m['invalid_rate']:>9.3f}{m['n']:>6}  {m['scoring']}")

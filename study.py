@@ -62,7 +62,7 @@ def run(script, args):
 
 
 def metrics_done(exp, tasks):
-    return all(os.path.isfile(os.path.join(exp, "metrics", f"{t}{get_eval_tasks.SUFFIX}")) for t in tasks)
+    return all(os.path.isfile(utils.metrics_path(exp, t)) for t in tasks)
 
 
 def main(argv=None):

