@@ -1,25 +1,21 @@
 """Every task's data and prompts, behind one table (TASKS).
 
-A task is one row of TASKS: where its rows come from, how a row becomes the template's fields and its
-label, the template itself (exact to the paper's code, spacing included) and its evaluation split.
+A task is one row of TASKS: where its rows come from, how a row becomes the template's fields, its label and
+its gold answers, the template itself (exact to the paper's code, spacing included) and its evaluation split.
 One code path turns any task's rows into training texts and inference prompts.
 
 Pure Python (+ `datasets` only when a `disk_datasets` folder, a csv/parquet file or the hub is read):
 no torch, no model, so the prompt tests run in milliseconds.
 """
 
-import functools
 import json
 import os
 import random
-import socket
 import string
-import threading
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-
-class UserError(Exception):
-    """A mistake in the user's input: the scripts print it as one line and exit with code 2."""
+from common import UserError, hub_reachable
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -38,14 +34,21 @@ def option(col, i, key=None):
     return get
 
 
-def first_answer(row):
-    """The first answer text of a QA row: SQuAD's {"text": [...]}, NewsQA's list of strings, or a string."""
+def all_answers(row):
+    """Every gold answer text of a QA row: SQuAD's {"text": [...]}, NewsQA's list of strings, or one string.
+    Empty for an unanswerable question (SQuAD v2)."""
     answers = row["answers"] if "answers" in row else row["answer"]
     if isinstance(answers, dict):
         answers = answers["text"]
     if isinstance(answers, str):
-        return answers
-    return answers[0] if answers else None  # None: unanswerable, dropped by the QA cleaning rule
+        answers = [answers]
+    return tuple(str(a) for a in answers if a is not None and str(a) != "")
+
+
+def first_answer(row):
+    """The answer a QA row is trained on: its first gold answer (None when unanswerable: the row is dropped)."""
+    answers = all_answers(row)
+    return answers[0] if answers else None
 
 
 def hotpot_context(row):
@@ -75,22 +78,35 @@ class Task:
     template: str  # ends with {label}
     fields: dict  # template field -> getter(row)
     label: object  # getter(row) -> raw label value
-    labels: dict = None  # raw label value -> label text; None: the raw value is the text
-    label_set: tuple = None  # allowed label texts when labels is None; rows outside it are dropped
+    label_map: dict = None  # raw label value -> label text; None: the raw value is the text
+    label_set: tuple = None  # allowed label texts when label_map is None; rows outside it are dropped
     eval_split: str = "validation"
-    long_field: str = None  # the field shortened when a text does not fit the model's context
+    long_field: str = None  # the field shortened when a text does not fit (evaluation; --shorten_to_block)
     kind: str = "classification"  # or "qa": open answers, scored with exact match and token F1
     strings_only: bool = False  # drop rows whose fields or label are not strings (the original's 20NG rule)
     source_columns: tuple = field(default=())  # columns every row must have (checked, named in errors)
+    answers: object = None  # QA: getter(row) -> every gold answer (scored as the maximum over them)
 
     @property
     def closed(self):
+        """A closed set of labels (classification): the one place that decides that a task can be scored by
+        ranking its labels; an open-answer (QA) task is always generated."""
         return self.kind == "classification"
 
+    def scoring(self, requested):
+        """How this task is scored when `requested` ('generate' or 'rank') is asked for."""
+        return requested if self.closed else "generate"
 
-def _nli(name, disk, hub, template, labels, premise="premise", hypothesis="hypothesis", split="validation"):
+
+class Example(NamedTuple):
+    fields: dict  # template field -> text
+    label: str  # the text trained on and compared with (accuracy)
+    gold: tuple  # every acceptable answer: (label,) for a classification task, all gold answers for QA
+
+
+def _nli(name, disk, hub, template, label_map, premise="premise", hypothesis="hypothesis", split="validation"):
     return Task(name, disk, hub, template, {"premise": column(premise), "hypothesis": column(hypothesis)},
-                column("label"), labels, eval_split=split, long_field="premise",
+                column("label"), label_map, eval_split=split, long_field="premise",
                 source_columns=(premise, hypothesis, "label"))
 
 
@@ -104,7 +120,7 @@ def _race(level):
 
 def _qa(name, hub, context=column("context")):
     return Task(name, name, hub, QA, {"context": context, "question": column("question")}, first_answer,
-                kind="qa", long_field="context", source_columns=("context", "question"))
+                kind="qa", long_field="context", source_columns=("context", "question"), answers=all_answers)
 
 
 ENTAIL2 = {0: "entailment", 1: "not_entailment"}
@@ -168,31 +184,6 @@ def check_tasks(names):
 FILE_TYPES = ("jsonl", "json", "csv", "parquet")
 
 
-def hub_reachable():
-    """False at once when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set or the hub does not answer in 3 s (asked once)."""
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-        return False
-    return _hub_answers()
-
-
-@functools.lru_cache(maxsize=1)
-def _hub_answers(timeout=3.0):
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    ok = []
-
-    def probe():  # in a thread: name resolution itself ignores socket timeouts
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout)
-    return bool(ok)
-
-
 def _read_file(path):
     ext = path.rsplit(".", 1)[-1]
     if ext == "jsonl":
@@ -209,7 +200,8 @@ def _read_file(path):
 
 
 def load_rows(task, data_root, split):
-    """Raw rows of one split of a task and a description of where they came from."""
+    """Raw rows of one split of a task, and where they came from: {"source": "disk_datasets" | "file" | "hub",
+    "path" or "hub_id"/"config", "split"}."""
     tried = []
     if data_root:
         disk = os.path.join(data_root, "disk_datasets", task.disk_name)
@@ -221,65 +213,79 @@ def load_rows(task, data_root, split):
                 if split not in dd:
                     raise UserError(f"{disk} has no split {split!r} (it has: {', '.join(dd)})")
                 dd = dd[split]
-            return list(dd), f"{disk}[{split}]"
+            return list(dd), {"source": "disk_datasets", "path": disk, "split": split}
         tried.append(f"{disk} (no such folder)")
         for ext in FILE_TYPES:
             path = os.path.join(data_root, task.name, f"{split}.{ext}")
             if os.path.isfile(path):
-                return _read_file(path), path
+                return _read_file(path), {"source": "file", "path": path, "split": split}
         tried.append(os.path.join(data_root, task.name, f"{split}.{{{','.join(FILE_TYPES)}}}") + " (no such file)")
     hub_id, config = task.hub
     if hub_reachable():
         import datasets
 
+        print(f"{task.name}: downloading {hub_id}{f' ({config})' if config else ''} split {split!r} from the hub",
+              flush=True)
         try:
-            return list(datasets.load_dataset(hub_id, config, split=split)), f"hub {hub_id}/{config or ''}[{split}]"
+            rows = list(datasets.load_dataset(hub_id, config, split=split))
         except Exception as e:  # noqa: BLE001 - any hub failure becomes the one error below
             tried.append(f"hub {hub_id} ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        else:
+            return rows, {"source": "hub", "hub_id": hub_id, "config": config, "split": split}
     else:
         tried.append(f"hub {hub_id} (offline or unreachable)")
     raise UserError(f"no data for task {task.name!r} split {split!r}; tried: {'; '.join(tried)}. "
                     f"Put the rows in {task.name}/{split}.jsonl under --data_root (or a disk_datasets/ folder)")
 
 
-def clean(task, rows, source):
-    """(fields, label text) for each usable row. The task's documented cleaning rules drop rows;
-    a missing column or an unknown label value is an error naming the source and row."""
+def describe(source):
+    """'sample_data/CB/train.jsonl' or 'hub aps/super_glue (cb) [train]': where rows came from, in words."""
+    if source["source"] == "hub":
+        return f"hub {source['hub_id']}" + (f" ({source['config']})" if source["config"] else "") + f" [{source['split']}]"
+    return source["path"] + (f" [{source['split']}]" if source["source"] == "disk_datasets" else "")
+
+
+def clean(task, rows, where):
+    """An Example for each usable row. The task's documented cleaning rules drop rows; a missing column or an
+    unknown label value is an error naming `where` (the source) and the row."""
     out = []
     for i, row in enumerate(rows):
         missing = [c for c in task.source_columns if c not in row]
         if missing:
-            raise UserError(f"{source} row {i}: missing column {missing[0]!r} for task {task.name} "
+            raise UserError(f"{where} row {i}: missing column {missing[0]!r} for task {task.name} "
                             f"(it needs {', '.join(task.source_columns)})")
         raw = task.label(row)
         fields = {k: get(row) for k, get in task.fields.items()}
         if task.strings_only and not all(isinstance(v, str) for v in [raw, *fields.values()]):
             continue
-        if task.kind == "qa":
+        if not task.closed:
             if not raw:  # unanswerable question (SQuAD v2): no answer to train on or score
                 continue
             label = str(raw)
-        elif task.labels is not None:
+            gold = task.answers(row)
+        elif task.label_map is not None:
             key = int(raw) if isinstance(raw, str) and raw.lstrip("-").isdigit() else raw  # csv gives "1"
-            if key not in task.labels:
-                raise UserError(f"{source} row {i}: label {raw!r} is not one of {sorted(task.labels)} for task "
+            if key not in task.label_map:
+                raise UserError(f"{where} row {i}: label {raw!r} is not one of {sorted(task.label_map)} for task "
                                 f"{task.name}")
-            label = task.labels[key]
+            label, gold = task.label_map[key], (task.label_map[key],)
         else:
-            label = raw
-            if task.label_set is not None and label not in task.label_set:
+            if task.label_set is not None and raw not in task.label_set:
                 continue  # race/commonsense_qa: rows with another answer are dropped (the original's rule)
-        out.append(({k: "" if v is None else str(v) for k, v in fields.items()}, label))
+            label, gold = raw, (raw,)
+        out.append(Example({k: "" if v is None else str(v) for k, v in fields.items()}, label, gold))
     if not out:
-        raise UserError(f"{source}: no usable rows for task {task.name} (empty split?)")
+        raise UserError(f"{where}: no usable rows for task {task.name} (empty split?)")
     return out
 
 
 def load(task, data_root, split, max_samples=None):
-    """Cleaned (fields, label) examples of a split: the first `max_samples` of them when given."""
+    """(examples, source): the cleaned Examples of a split (the first `max_samples` of them when given), and
+    where they came from with the row counts before and after cleaning ("rows", "clean", "used")."""
     rows, source = load_rows(task, data_root, split)
-    examples = clean(task, rows, source)
-    return examples[:max_samples] if max_samples else examples
+    examples = clean(task, rows, describe(source))
+    used = examples[:max_samples] if max_samples else examples
+    return used, {**source, "rows": len(rows), "clean": len(examples), "used": len(used)}
 
 
 def stratified_sample(examples, fraction, seed):
@@ -289,8 +295,8 @@ def stratified_sample(examples, fraction, seed):
         raise UserError(f"--train_sample_fraction must be in (0, 1], got {fraction}")
     rng = random.Random(seed)
     groups = {}
-    for i, (_, label) in enumerate(examples):
-        groups.setdefault(label, []).append(i)
+    for i, example in enumerate(examples):
+        groups.setdefault(example.label, []).append(i)
     target = round(fraction * len(examples))
     quotas = {lab: fraction * len(ix) for lab, ix in groups.items()}
     take = {lab: int(q) for lab, q in quotas.items()}
@@ -316,16 +322,14 @@ def training_text(task, fields, label):
     return task.template.format(**fields, label=label)
 
 
-def label_space(task, examples=()):
-    """The closed set of label texts a prediction is matched against (None for QA tasks). For a task
-    whose labels come from the data (20 Newsgroups), the labels seen in `examples`."""
-    if not task.closed:
-        return None
-    if task.labels is not None:
-        return list(dict.fromkeys(task.labels.values()))
+def choices(task, examples=()):
+    """The closed set of label texts of a classification task, which predictions are matched against and
+    ranking chooses from. For a task whose labels come from the data (20 Newsgroups), those in `examples`."""
+    if task.label_map is not None:
+        return list(dict.fromkeys(task.label_map.values()))
     if task.label_set is not None:
         return list(task.label_set)
-    return sorted({label for _, label in examples})
+    return sorted({e.label for e in examples})
 
 
 _PUNCT = string.punctuation.replace("_", "") + string.whitespace
@@ -341,10 +345,10 @@ def extract_prediction(generated):
     return generated.strip().split("\n")[0].split("###")[0].strip()
 
 
-def match_label(prediction, labels):
-    """The label that `prediction` names (case and surrounding punctuation forgiven), else None."""
+def match_label(prediction, options):
+    """The label among `options` that `prediction` names (case and surrounding punctuation forgiven), else None."""
     norm = normalise(prediction)
-    for label in labels:
+    for label in options:
         if norm == normalise(label):
             return label
     return None

@@ -7,7 +7,9 @@ import os
 import pytest
 
 import prompts
-from prompts import TASKS, UserError
+from common import UserError
+from conftest import ROOT, SAMPLE
+from prompts import TASKS
 
 NLI3_CUE = "### Relationship (entailment, contradiction or neutral):"
 NLI2_CUE = "### Relationship (choose between 'entailment' and 'not entailment'):"
@@ -53,14 +55,15 @@ def test_every_task_is_pinned():
 def test_training_text_and_prompt_match_spec(name):
     row, expected = CASES[name]
     task = TASKS[name]
-    [(fields, label)] = prompts.clean(task, [row], "test")
-    assert prompts.training_text(task, fields, label) == expected
-    prompt = prompts.prompt_text(task, fields)
-    assert expected == prompt + label  # the prompt is the training text cut just before the label
+    [e] = prompts.clean(task, [row], "test")
+    assert prompts.training_text(task, e.fields, e.label) == expected
+    prompt = prompts.prompt_text(task, e.fields)
+    assert expected == prompt + e.label  # the prompt is the training text cut just before the label
+    assert e.gold[0] == e.label
 
 
 def test_label_maps():
-    maps = {n: TASKS[n].labels for n in ("boolq", "COPA", "CB", "MNLI", "RTE", "QNLI", "WNLI", "swag")}
+    maps = {n: TASKS[n].label_map for n in ("boolq", "COPA", "CB", "MNLI", "RTE", "QNLI", "WNLI", "swag")}
     assert maps == {
         "boolq": {1: "true", 0: "false"}, "COPA": {0: "Choice1", 1: "Choice2"},
         "CB": {0: "entailment", 1: "contradiction", 2: "neutral"},
@@ -73,15 +76,15 @@ def test_label_maps():
 def test_cleaning_rules_drop_only_documented_rows():
     ng = TASKS["20_Newsgroups_Fixed"]
     rows = [{"text": "a", "label": "x"}, {"text": None, "label": "x"}, {"text": "b", "label": 3}]
-    assert [y for _, y in prompts.clean(ng, rows, "t")] == ["x"]
+    assert [e.label for e in prompts.clean(ng, rows, "t")] == ["x"]
     race = TASKS["race_high"]
     rows = [{"article": "a", "question": "q", "options": ["1", "2"], "answer": a} for a in ("B", "F")]
     examples = prompts.clean(race, rows, "t")
-    assert [y for _, y in examples] == ["B"] and examples[0][0]["C"] == ""  # a missing option is empty
+    assert [e.label for e in examples] == ["B"] and examples[0].fields["C"] == ""  # a missing option is empty
     squad = TASKS["squad_v2"]
     rows = [{"context": "c", "question": "q", "answers": {"text": [], "answer_start": []}},
             {"context": "c", "question": "q", "answers": {"text": ["a"], "answer_start": [0]}}]
-    assert [y for _, y in prompts.clean(squad, rows, "t")] == ["a"]
+    assert [e.label for e in prompts.clean(squad, rows, "t")] == ["a"]
 
 
 def test_missing_column_and_unknown_label_name_file_and_row():
@@ -105,12 +108,12 @@ def test_data_source_order(tmp_path):
     row = {"premise": "from-file", "hypothesis": "h", "label": 0}
     write_jsonl(tmp_path / "CB" / "train.jsonl", [row])
     rows, source = prompts.load_rows(cb, str(tmp_path), "train")
-    assert rows == [row] and source.endswith("CB/train.jsonl")
+    assert rows == [row] and source["source"] == "file" and source["path"].endswith("CB/train.jsonl")
     datasets = pytest.importorskip("datasets")
     disk = tmp_path / "disk_datasets" / "super_glue" / "cb"
     datasets.DatasetDict({"train": datasets.Dataset.from_list([{**row, "premise": "from-disk"}])}).save_to_disk(str(disk))
     rows, source = prompts.load_rows(cb, str(tmp_path), "train")  # disk_datasets wins over files
-    assert rows[0]["premise"] == "from-disk" and "disk_datasets" in source
+    assert rows[0]["premise"] == "from-disk" and source["source"] == "disk_datasets" and source["split"] == "train"
 
 
 def test_csv_and_parquet_files(tmp_path):
@@ -122,8 +125,8 @@ def test_csv_and_parquet_files(tmp_path):
         w = csv.DictWriter(f, ["question", "passage", "label"])
         w.writeheader()
         w.writerow({"question": "q", "passage": "p", "label": 1})
-    [(fields, label)] = prompts.load(TASKS["boolq"], str(tmp_path), "train")
-    assert label == "true" and fields["passage"] == "p"
+    [e], source = prompts.load(TASKS["boolq"], str(tmp_path), "train")
+    assert e.label == "true" and e.fields["passage"] == "p" and source["path"].endswith("train.csv")
 
 
 def test_no_data_is_one_error_naming_every_place(tmp_path, monkeypatch):
@@ -137,14 +140,14 @@ def test_no_data_is_one_error_naming_every_place(tmp_path, monkeypatch):
 
 
 def test_max_samples_and_stratified_sample():
-    examples = [({"i": str(i)}, "a" if i % 4 else "b") for i in range(100)]  # 75 a, 25 b
+    examples = [prompts.Example({"i": str(i)}, "a" if i % 4 else "b", ()) for i in range(100)]  # 75 a, 25 b
     sample = prompts.stratified_sample(examples, 0.2, seed=1)
-    labels = [y for _, y in sample]
+    labels = [e.label for e in sample]
     assert len(sample) == 20 and labels.count("a") == 15 and labels.count("b") == 5
-    assert sample == sorted(sample, key=lambda e: int(e[0]["i"]))  # original order kept
+    assert sample == sorted(sample, key=lambda e: int(e.fields["i"]))  # original order kept
     assert sample != prompts.stratified_sample(examples, 0.2, seed=2)
     assert sample == prompts.stratified_sample(examples, 0.2, seed=1)
-    qa = [({"i": str(i)}, f"answer {i}") for i in range(10)]  # every label unique: crashed in the original
+    qa = [prompts.Example({"i": str(i)}, f"answer {i}", ()) for i in range(10)]  # unique labels: crashed in the original
     assert len(prompts.stratified_sample(qa, 0.5, seed=0)) == 5
     with pytest.raises(UserError):
         prompts.stratified_sample(examples, 1.5, seed=0)
@@ -169,9 +172,9 @@ def test_label_matching_forgives_case_and_punctuation_only():
     assert prompts.match_label("true.", ["true", "false"]) == "true"
     assert prompts.match_label(" 'false' ", ["true", "false"]) == "false"
     assert prompts.match_label("truest", ["true", "false"]) is None
-    labels = prompts.label_space(TASKS["RTE"])
-    assert prompts.match_label("Not_Entailment", labels) == "not_entailment"
-    assert prompts.match_label("not entailment", labels) is None  # the label is not_entailment, not two words
+    options = prompts.choices(TASKS["RTE"])
+    assert prompts.match_label("Not_Entailment", options) == "not_entailment"
+    assert prompts.match_label("not entailment", options) is None  # the label is not_entailment, not two words
     assert prompts.match_label("choice2", ["Choice1", "Choice2"]) == "Choice2"
     assert prompts.match_label("Choice 2", ["Choice1", "Choice2"]) is None
 
@@ -180,14 +183,58 @@ def test_sample_data_is_reproducible_and_complete(tmp_path):
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    subprocess.run([sys.executable, os.path.join(root, "scripts", "make_sample_data.py"), "--out", str(tmp_path)],
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_sample_data.py"), "--out", str(tmp_path)],
                    check=True, capture_output=True)
     for name, task in TASKS.items():
         for split in ("train", task.eval_split):
             ours = (tmp_path / name / f"{split}.jsonl").read_text()
-            assert ours == open(os.path.join(root, "sample_data", name, f"{split}.jsonl")).read()
-        train = prompts.load(task, str(tmp_path), "train")
-        evals = prompts.load(task, str(tmp_path), task.eval_split)
+            assert ours == open(os.path.join(SAMPLE, name, f"{split}.jsonl")).read()
+        train, _ = prompts.load(task, str(tmp_path), "train")
+        evals, _ = prompts.load(task, str(tmp_path), task.eval_split)
         if task.closed:
             assert len(train) >= 60 and len(evals) >= 30
+
+
+def test_qa_rows_keep_every_gold_answer():
+    squad = TASKS["squad_v2"]
+    [e] = prompts.clean(squad, [{"context": "c", "question": "q", "answers": {"text": ["Paris", "the city of Paris"],
+                                                                            "answer_start": [0, 0]}}], "t")
+    assert e.label == "Paris" and e.gold == ("Paris", "the city of Paris")  # trained on the first, scored on all
+    [e] = prompts.clean(TASKS["newsqa"], [{"context": "c", "question": "q", "answers": ["a", "b"]}], "t")
+    assert e.gold == ("a", "b")
+    assert TASKS["squad_v2"].scoring("rank") == "generate" and TASKS["CB"].scoring("rank") == "rank"
+
+
+def test_load_says_where_rows_came_from_and_how_many_were_kept(tmp_path):
+    ng = [{"text": "a", "label": "x"}, {"text": None, "label": "x"}, {"text": "b", "label": "y"}, {"text": "c", "label": "z"}]
+    write_jsonl(tmp_path / "20_Newsgroups_Fixed" / "test.jsonl", ng)
+    examples, source = prompts.load(TASKS["20_Newsgroups_Fixed"], str(tmp_path), "test", max_samples=2)
+    assert [e.label for e in examples] == ["x", "y"]
+    assert source == {"source": "file", "path": str(tmp_path / "20_Newsgroups_Fixed" / "test.jsonl"), "split": "test",
+                      "rows": 4, "clean": 3, "used": 2}
+    assert prompts.describe(source).endswith("20_Newsgroups_Fixed/test.jsonl")
+
+
+def test_hub_rows_are_announced_and_recorded(tmp_path, monkeypatch, capsys):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load_dataset(hub_id, config, split):
+        calls.append((hub_id, config, split))
+        return datasets.Dataset.from_list([{"question": "q", "passage": "p", "label": 1}])
+
+    monkeypatch.setattr(prompts, "hub_reachable", lambda: True)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    examples, source = prompts.load(TASKS["boolq"], str(tmp_path), "validation")
+    assert calls == [("aps/super_glue", "boolq", "validation")]
+    assert [e.label for e in examples] == ["true"]
+    assert source == {"source": "hub", "hub_id": "aps/super_glue", "config": "boolq", "split": "validation",
+                      "rows": 1, "clean": 1, "used": 1}
+    assert "boolq: downloading aps/super_glue (boolq) split 'validation' from the hub" in capsys.readouterr().out
+
+    def broken(*a, **k):
+        raise ConnectionError("name resolution failed")
+
+    monkeypatch.setattr(datasets, "load_dataset", broken)
+    with pytest.raises(UserError, match=r"hub aps/super_glue \(ConnectionError: name resolution failed\)"):
+        prompts.load(TASKS["boolq"], str(tmp_path), "validation")
