@@ -1,0 +1,126 @@
+"""Evaluation's pieces on small stand-ins: ranking with a shared prefix against scoring every candidate alone,
+candidate tokens, batches across tasks, halving the batch on out-of-memory, and when metrics are redone."""
+
+import argparse
+import os
+
+import pytest
+import torch
+
+import llama2_classification_multi_tasks_inference as inference
+import prompts
+import utils
+from conftest import MODEL, small_llama
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    folder = small_llama(tmp_path_factory.mktemp("m"), layers=2)
+    model = utils.load_base(folder, utils.precision("fp32", False, "rank"), utils.placement(0, False)).eval()
+    return model, utils.load_tokenizer(folder)
+
+
+def alone(model, shared, cont):
+    """Log-probability of `cont` after `shared`, from a plain forward pass of the whole sequence."""
+    ids = torch.tensor([shared + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    return sum(logp[len(shared) - 1 + j, t].item() for j, t in enumerate(cont))
+
+
+def test_rank_with_a_shared_prefix_equals_scoring_each_candidate_alone(small):
+    model, tok = small
+    task = prompts.TASKS["CB"]
+    options = prompts.choices(task)
+    fields = [{"premise": "Anna confirmed that the bridge is old" + " really" * k, "hypothesis": "It is old."}
+              for k in range(5)]
+    items = [inference.candidates(tok, prompts.prompt_text(task, f), tok(prompts.prompt_text(task, f))["input_ids"],
+                                  options) for f in fields]
+    assert all(len(conts) == 3 and len({len(c) for c in conts}) > 1 for _, conts in items)  # uneven candidates
+    scores = inference.rank(model, items, tok.pad_token_id)  # one batch: prompts of five lengths, padded
+    for (shared, conts), s in zip(items, scores):
+        expected = [alone(model, shared, c) for c in conts]
+        assert s == pytest.approx(expected, abs=1e-4)
+
+
+def test_candidates_are_the_tokens_of_prompt_and_label_together():
+    tok = utils.load_tokenizer(MODEL)
+    prompt = "### Sentence:I like rockets ### Class:"
+    ids = tok(prompt)["input_ids"]
+    shared, conts = inference.candidates(tok, prompt, ids, ["sci.space", "rec.autos"])
+    for label, cont in zip(["sci.space", "rec.autos"], conts):
+        assert shared + cont == tok(prompt + label)["input_ids"] + [tok.eos_token_id]
+    assert shared == ids  # this tokenizer splits at the colon: the whole prompt is shared
+    prompt = "### Word:the"  # 'the' + 'ir' is one token 'their': the shared prefix stops before 'the'
+    ids = tok(prompt)["input_ids"]
+    shared, conts = inference.candidates(tok, prompt, ids, ["ir", "re"])
+    for label, cont in zip(["ir", "re"], conts):
+        assert shared + cont == tok(prompt + label)["input_ids"] + [tok.eos_token_id]
+    assert shared == ids[:-1]
+
+
+def test_ranked_tasks_share_batches(small, monkeypatch):
+    model, tok = small
+    seen = []
+    real = inference.rank
+    monkeypatch.setattr(inference, "rank", lambda m, items, pad: seen.append(len(items)) or real(m, items, pad))
+    jobs = {}
+    for name in ("CB", "RTE"):
+        task = prompts.TASKS[name]
+        options = prompts.choices(task)
+        fields = [{"premise": f"P {i}.", "hypothesis": "H."} for i in range(5)]
+        jobs[name] = {"options": options, "items": [
+            inference.candidates(tok, prompts.prompt_text(task, f), tok(prompts.prompt_text(task, f))["input_ids"],
+                                 options) for f in fields]}
+    out = inference.rank_tasks(model, tok, jobs, argparse.Namespace(batch_size=64))
+    assert seen == [10]  # both tasks' prompts in one batch
+    assert [len(out[n]) for n in jobs] == [5, 5] and all(p in jobs["CB"]["options"] for _, p in out["CB"])
+
+
+class OutOfMemoryAbove:
+    """A stand-in model whose generate raises torch.OutOfMemoryError for a batch above `limit` prompts (and
+    for the prompt of `fails_alone` tokens whatever the batch), else answers 'true'."""
+
+    def __init__(self, tok, limit, fails_alone=None):
+        self.tok, self.limit, self.fails_alone, self.batches = tok, limit, fails_alone, []
+        self.device = torch.device("cpu")
+
+    def generate(self, input_ids, attention_mask, generation_config):
+        self.batches.append(len(input_ids))
+        lengths = attention_mask.sum(1).tolist()
+        if len(input_ids) > self.limit or self.fails_alone in lengths:
+            raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
+        answer = torch.tensor(self.tok("true", add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id])
+        return torch.cat([input_ids, answer.expand(len(input_ids), -1)], dim=1)
+
+
+def test_out_of_memory_halves_the_batch_and_books_what_fails_alone():
+    tok = utils.load_tokenizer(MODEL)
+    prompt_ids = [[5] * n for n in range(3, 13)]  # 10 prompts of 3..12 tokens
+    model = OutOfMemoryAbove(tok, limit=3, fails_alone=7)
+    args = argparse.Namespace(batch_size=8, max_new_tokens=4)
+    out = inference.generate_task(model, tok, prompts.TASKS["boolq"], prompt_ids, ["true", "false"], args)
+    assert model.batches[:3] == [8, 4, 2]  # halved until it fits, then kept at that size
+    assert max(model.batches[3:]) <= 2
+    assert [o is None for o in out] == [n == 7 for n in range(3, 13)]  # only the prompt that fails alone is lost
+    assert all(o == ("true", "true") for o in out if o is not None)
+
+
+def test_metrics_made_with_other_settings_are_redone(tmp_path, capsys):
+    task = prompts.TASKS["CB"]
+    args = inference.parse_args(["--pretrained_ckpt", MODEL, "--tasks", "CB", "--data_root", "d"])
+    inference.resolve_run(args)
+    inference.check_args(args)
+    out = str(tmp_path / "base")
+    prec = utils.precision(args.dtype, args.bnb, args.scoring)
+    assert inference.pending(out, [task], args, prec) == [task]
+    utils.write_json(utils.metrics_path(out, "CB"), {"accuracy": 0.5, **inference.settings(task, args, prec)})
+    assert inference.pending(out, [task], args, prec) == []
+    assert "CB: metrics exist" in capsys.readouterr().out
+    for change in ({"scoring": "rank"}, {"max_new_tokens": 5}, {"data_root": "other"}, {"max_test_samples": 10}):
+        other = argparse.Namespace(**{**vars(args), **change})
+        assert inference.pending(out, [task], other, prec) == [task], change
+    for other_prec in (utils.precision("bf16", False, "generate"), utils.precision("auto", True, "generate")):
+        assert inference.pending(out, [task], args, other_prec) == [task], other_prec
+    assert inference.pending(out, [task], argparse.Namespace(**{**vars(args), "overwrite": True}), prec) == [task]
+    assert os.path.isfile(utils.metrics_path(out, "CB"))
