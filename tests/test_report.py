@@ -1,4 +1,5 @@
-"""The aggregation and comparison report on a synthetic experiments tree (no model)."""
+"""The aggregation and comparison report on synthetic experiment trees (no model): this project's folders, the
+original's, several seeds, hand-computed tests, learning curves."""
 
 import json
 import os
@@ -9,48 +10,56 @@ import get_eval_tasks
 import utils
 
 TASKS = ["race_high", "race_middle", "20_Newsgroups_Fixed"]
+EVAL = {"scoring": "generate", "max_test_samples": 1000, "bnb": False, "dtype": "fp32", "max_new_tokens": 20,
+        "data_root": "sample_data"}  # what an evaluation with the study's defaults records on a CPU
 
 
-def fake_run(root, folder, record, right):
+def fake_run(root, tasks_folder, folder, record, right, adapter=True):
     """An experiment folder whose predictions are right where `right[task][i]` is True."""
-    exp = os.path.join(root, ",".join(TASKS), folder)
+    exp = os.path.join(root, tasks_folder, folder)
     os.makedirs(os.path.join(exp, "metrics"))
     utils.write_json(os.path.join(exp, "experiment.json"), record)
+    if adapter and record.get("kind") == "lora":
+        utils.write_json(os.path.join(exp, "assets", "adapter_config.json"), {"target_modules": record["target_modules"]})
     for task, flags in right.items():
         rows = [{"id": i, "label": "A", "generation": "A" if r else "B", "prediction": "A" if r else "B"}
                 for i, r in enumerate(flags)]
         utils.write_jsonl(os.path.join(exp, "metrics", f"{task}_predictions.jsonl"), rows)
-        m = utils.metrics([r["label"] for r in rows], [r["prediction"] for r in rows],
+        m = utils.metrics([(r["label"],) for r in rows], [r["prediction"] for r in rows],
                           [r["prediction"] for r in rows], ["A", "B", "C", "D"])
-        m["scoring"] = "generate"
-        utils.write_json(os.path.join(exp, "metrics", f"{task}_metrics_update.json"), m)
+        utils.write_json(os.path.join(exp, "metrics", f"{task}_metrics_update.json"), {**m, **EVAL})
     return exp
 
 
-def lora(modules, params):
+def lora(modules, params, seed=42, tasks=None):
     return {"kind": "lora", "target_modules": modules, "trainable_params": params,
             "args": {"pretrained_ckpt": "m", "loss_on": "completion", "learning_rate": 0.002, "epochs": 3,
-                     "max_steps": -1, "lora_r": 8, "dropout": 0.1, "bnb": False, "seed": 42, "data_root": "d"}}
+                     "max_steps": -1, "lora_r": 8, "dropout": 0.1, "bnb": False, "seed": seed,
+                     "data_root": "sample_data", "target_modules": modules, "tasks": tasks, "dtype": "auto"}}
 
 
-def name(modules):
-    return "classification-sampleFraction-0.99_epochs-3_rank-8_dropout-0.1-" + ",".join(modules) + "-standard"
+def name(modules, seed=42):
+    return utils.experiment_dir("", ["x"], 0.99, 3, 8, 0.1, modules, False, seed=seed).split("/")[-1]
 
 
 @pytest.fixture
 def tree(tmp_path):
-    root = str(tmp_path)
+    root, folder = str(tmp_path), ",".join(TASKS)
     n = 10
-    fake_run(root, "base-SmolLM2", {"kind": "base", "trainable_params": 0}, {t: [False] * n for t in TASKS})
-    fake_run(root, name(["q_proj", "v_proj"]), lora(["q_proj", "v_proj"], 100),
+    fake_run(root, folder, "base-SmolLM2", {"kind": "base", "trainable_params": 0}, {t: [False] * n for t in TASKS})
+    fake_run(root, folder, name(["q_proj", "v_proj"]), lora(["q_proj", "v_proj"], 100),
              {t: [True] * 5 + [False] * 5 for t in TASKS})
-    fake_run(root, name(["q_proj", "v_proj", "up_proj"]), lora(["q_proj", "up_proj", "v_proj"], 200),
+    fake_run(root, folder, name(["q_proj", "v_proj", "up_proj"]), lora(["q_proj", "up_proj", "v_proj"], 200),
              {"race_high": [True] * 9 + [False], "race_middle": [True] * 2 + [False] * 8,
               "20_Newsgroups_Fixed": [True] * 6 + [False] * 4})
-    fake_run(root, name(["q_proj", "v_proj", "down_proj"]), lora(["down_proj", "q_proj", "v_proj"], 300),
+    fake_run(root, folder, name(["q_proj", "v_proj", "down_proj"]), lora(["down_proj", "q_proj", "v_proj"], 300),
              {"race_high": [True, True, True] + [False] * 7, "race_middle": [True] * 8 + [False] * 2,
               "20_Newsgroups_Fixed": [True] * 6 + [False] * 4})
     return root
+
+
+def table(md):
+    return [line for line in md.splitlines() if line.startswith("| ")]
 
 
 def test_all_eval_results_keys_full_task_names(tree):
@@ -69,16 +78,17 @@ def test_all_eval_results_keys_full_task_names(tree):
 def test_summary_rows_cells_and_paired_tests(tree):
     get_eval_tasks.main(["--root", tree])
     md = open(os.path.join(tree, ",".join(TASKS), "summary.md")).read()
-    table = [line for line in md.splitlines() if line.startswith("| ")]
-    settings = [line.split(" | ")[0][2:] for line in table[1:6]]
+    rows = table(md)
+    settings = [line.split(" | ")[0][2:] for line in rows[1:6]]
     assert settings == ["base (no adapter)", "q,v", "q,v+up (keys)", "q,v+down (values)", "majority class"]
-    up = table[3].split(" | ")
+    up = rows[3].split(" | ")
     assert up[1].startswith("90.0 [59.6, 98.2]") and up[2].startswith("20.0 [5.7, 51.0]")
     assert up[4] == "56.7" and up[5] == "200"
     # race_high: up right on 0-8, down on 0-2 -> b=6 (up only), c=0 -> p = 2 / 2**6
-    comp = [line for line in table if line.startswith("| q,v+up (keys) vs q,v+down (values)")][0].split(" | ")
+    comp = [line for line in rows if line.startswith("| q,v+up (keys) vs q,v+down (values)")][0].split(" | ")
     assert comp[1] == "+60.0 (6/0, p=0.0312)"
     assert comp[2] == "-60.0 (0/6, p=0.0312)" and comp[3].rstrip(" |") == "+0.0 (0/0, p=1)"
+    assert "seed" not in md.split("Training:")[0]  # one seed: no seed columns, no pooled test
     assert os.path.getsize(os.path.join(tree, ",".join(TASKS), "summary.png")) > 10_000
 
 
@@ -99,7 +109,100 @@ def test_mcnemar_hand_checked():
     assert get_eval_tasks.mcnemar([True] * 5 + [False] * 5, [False] * 5 + [True] * 5)[2] == 1.0
 
 
-def test_setting_names():
+def test_stratified_mcnemar_and_paired_difference_hand_checked():
+    # seed 1: b=3, c=1; seed 2: b=4, c=0 -> 7 of 8 discordant pairs favour A:
+    # p = 2 * (C(8,0) + C(8,1)) / 2**8 = 18 / 256
+    assert get_eval_tasks.stratified_mcnemar([(3, 1), (4, 0)]) == (7, 1, 18 / 256)
+    # 20 pairs, b=7, c=1: difference 6/20 = 0.3, se = sqrt(7 + 1 - 6**2 / 20) / 20 = sqrt(6.2) / 20
+    diff, lo, hi = get_eval_tasks.paired_difference(7, 1, 20)
+    se = 6.2 ** 0.5 / 20
+    assert diff == pytest.approx(0.3) and lo == pytest.approx(0.3 - 1.959964 * se) and hi == pytest.approx(0.3 + 1.959964 * se)
+
+
+def test_setting_names_and_roles():
     assert get_eval_tasks.setting_name(lora(["q_proj", "v_proj", "gate_proj"], 1)) == "q,v+gate (keys)"
     assert get_eval_tasks.setting_name(lora(["down_proj", "q_proj", "v_proj"], 1)) == "q,v+down (values)"
     assert get_eval_tasks.setting_name({"kind": "base"}) == "base (no adapter)"
+    assert [get_eval_tasks.role(lora(s, 1)) for s in get_eval_tasks.SETTINGS] == ["core", "keys", "keys", "values"]
+    assert get_eval_tasks.role({"kind": "base"}) == "base"
+    assert get_eval_tasks.role(lora(["q_proj", "v_proj", "up_proj", "down_proj"], 1)) == "other"
+    assert get_eval_tasks.role(lora(["k_proj"], 1)) == "other"
+
+
+def test_several_seeds_are_pooled(tmp_path):
+    root, folder, tasks = str(tmp_path), "boolq,CB", ["boolq", "CB"]
+    up, down = ["q_proj", "v_proj", "up_proj"], ["q_proj", "v_proj", "down_proj"]
+    fake_run(root, folder, "base-m", {"kind": "base"}, {t: [False] * 10 for t in tasks})
+    # boolq: seed 1 up right on 0-5, down on 0-2 and 9 -> b=3 (3,4,5), c=1 (9); seed 2: up 0-7, down 0-3 -> b=4, c=0
+    fake_run(root, folder, name(up, 1), lora(up, 200, 1), {"boolq": [True] * 6 + [False] * 4, "CB": [True] * 10})
+    fake_run(root, folder, name(down, 1), lora(down, 300, 1), {"boolq": [True] * 3 + [False] * 6 + [True],
+                                                               "CB": [True] * 10})
+    fake_run(root, folder, name(up, 2), lora(up, 200, 2), {"boolq": [True] * 8 + [False] * 2, "CB": [True] * 10})
+    fake_run(root, folder, name(down, 2), lora(down, 300, 2), {"boolq": [True] * 4 + [False] * 6, "CB": [True] * 10})
+    get_eval_tasks.main(["--root", root])
+    md = open(os.path.join(root, folder, "summary.md")).read()
+    assert "seeds 1, 2" in md and "stratified McNemar" in md
+    rows = table(md)
+    up_row = [r for r in rows if r.startswith("| q,v+up (keys) | ") and r.count("|") > 6][0].split(" | ")
+    assert up_row[1].startswith("70.0 [") and up_row[1].endswith("±14.1")  # mean of 60 and 80, sd 14.1
+    assert up_row[-1].strip(" |") == "1,2"
+    each_seed = [r for r in rows if r.startswith("| q,v+down (values) | 2 | ")]
+    assert each_seed == ["| q,v+down (values) | 2 | 40.0 | 100.0 |"]
+    comp = [r for r in rows if r.startswith("| q,v+up (keys) vs q,v+down (values)")][0].split(" | ")
+    # pooled over 20 pairs: b=7, c=1 -> +30.0 points, p = 18/256 = 0.0703
+    assert comp[1].startswith("+30.0 [") and comp[1].endswith("(7/1, p=0.0703)")
+    assert comp[2].rstrip(" |") == "+0.0 [+0.0, +0.0] (0/0, p=1)"
+    assert os.path.getsize(os.path.join(root, folder, "summary.png")) > 10_000
+
+
+def test_seed_interval_bootstrap_covers_the_mean_and_is_reproducible(tmp_path):
+    root = str(tmp_path)
+    runs = [get_eval_tasks.Run(f"r{s}", fake_run(root, "CB", f"r{s}", lora(["q_proj"], 1, s), {"CB": flags}),
+                               {}, {}, s) for s, flags in ((1, [True] * 6 + [False] * 4), (2, [True] * 8 + [False] * 2))]
+    lo, hi = get_eval_tasks.seed_interval(runs, "CB")
+    assert lo < 0.7 < hi and 0.3 < lo and hi <= 1.0
+    assert get_eval_tasks.seed_interval(runs, "CB") == [lo, hi]
+
+
+def test_a_tree_written_by_the_original_is_aggregated(tmp_path):
+    """The original's layout: list reprs in both folder names, no experiment.json, metrics with its six keys."""
+    root = str(tmp_path)
+    original = os.path.join(root, "['race_high', 'CB']",
+                            "classification-sampleFraction-0.99_epochs-5_rank-8_dropout-0.1-['q_proj', 'v_proj', 'up_proj']-4bit")
+    os.makedirs(os.path.join(original, "metrics"))
+    os.makedirs(os.path.join(original, "assets"))
+    utils.write_json(os.path.join(original, "assets", "adapter_config.json"),
+                     {"base_model_name_or_path": "llama", "target_modules": ["q_proj", "v_proj", "up_proj"]})
+    open(os.path.join(original, "4194304_total_3504607232.txt"), "w").write("4194304\n3504607232\n0.0012\n")
+    for task, acc in (("race_high", 0.42), ("CB", 0.75)):
+        utils.write_json(os.path.join(original, "metrics", f"{task}_metrics_update.json"),
+                         {"micro_f1": acc, "macro_f1": acc / 2, "precision": acc, "recall": acc, "accuracy": acc,
+                          "oom_examples": []})
+    ours = fake_run(root, "race_high,CB", name(["q_proj", "v_proj", "up_proj"]), lora(["q_proj", "v_proj", "up_proj"], 9),
+                    {"race_high": [True] * 3 + [False], "CB": [True, False]})
+    get_eval_tasks.main(["--root", root])
+    results = json.load(open(os.path.join(root, "all_eval_results.json")))
+    short = "f0.99_e5_r8_d0.1-['q_proj', 'v_proj', 'up_proj']-4bit"
+    assert results["['race_high', 'CB']"][short]["race_high"]["accuracy"] == 0.42  # every task keyed by its name
+    assert set(results["['race_high', 'CB']"][short]) == {"race_high", "CB"}
+    assert set(results["race_high,CB"][os.path.basename(get_eval_tasks.short_name(ours))]) == {"race_high", "CB"}
+    md = open(os.path.join(root, "['race_high', 'CB']", "summary.md")).read()
+    row = [r for r in table(md) if r.startswith("| q,v+up (keys) |")][0].split(" | ")
+    assert row[1:4] == ["42.0 [–]", "75.0 [–]", "58.5"] and row[4] == "4,194,304"  # no interval can be computed
+    assert "| majority class | – | – |" in md
+
+
+def test_learning_curves_are_read_from_tensorboard_logs(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    exp = fake_run(str(tmp_path), "CB", name(["q_proj"]), lora(["q_proj"], 1), {"CB": [True]})
+    writer = SummaryWriter(log_dir=os.path.join(exp, "logs"))
+    for step, loss in ((5, 2.0), (10, 1.5), (15, 0.5)):
+        writer.add_scalar("train/loss", loss, step)
+    writer.close()
+    writer = SummaryWriter(log_dir=os.path.join(exp, "logs"))  # a resumed run logs again into the same folder
+    writer.add_scalar("train/loss", 0.25, 20)
+    writer.close()
+    run = get_eval_tasks.Run(name(["q_proj"]), exp, {}, {}, 42)
+    assert get_eval_tasks.loss_curve(run) == [(5, 2.0), (10, 1.5), (15, 0.5), (20, 0.25)]
+    assert get_eval_tasks.loss_curve(get_eval_tasks.Run("x", str(tmp_path), {}, {}, 42)) == []
