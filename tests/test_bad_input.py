@@ -9,11 +9,9 @@ import pytest
 
 import llama2_classification_multi_tasks as train
 import llama2_classification_multi_tasks_inference as inference
-import utils
-from conftest import ROOT
-
-MODEL = os.path.join(ROOT, utils.EMBEDDED_MODEL)
-SAMPLE = os.path.join(ROOT, "sample_data")
+import study
+from common import run_main
+from conftest import MODEL, ROOT, SAMPLE
 CB_ROW = {"premise": "p", "hypothesis": "h", "label": 0}
 
 
@@ -24,18 +22,25 @@ def data_root(tmp_path, rows):
     return str(tmp_path / "data")
 
 
-def fake_experiment(tmp_path, adapter_config):
+def fake_experiment(tmp_path, adapter_config, record=True):
     exp = tmp_path / "exp"
     (exp / "assets").mkdir(parents=True)
     if adapter_config is not None:
         (exp / "assets" / "adapter_config.json").write_text(adapter_config)
-    (exp / "experiment.json").write_text(json.dumps({"args": {"tasks": ["CB"], "pretrained_ckpt": MODEL}}))
+    if record:
+        (exp / "experiment.json").write_text(json.dumps({"args": {"tasks": ["CB"], "pretrained_ckpt": MODEL}}))
     return str(exp)
 
 
 # (name, script, argv builder(tmp_path), text the message must contain)
 CASES = [
     ("unknown task", train, lambda t: ["--tasks", "boolqq"], "unknown task 'boolqq'; choose from: 20_Newsgroups_Fixed"),
+    ("unknown task, dry run", train, lambda t: ["--tasks", "boolqq", "--dry_run"],
+     "unknown task 'boolqq'; choose from: 20_Newsgroups_Fixed"),
+    ("misspelt module, dry run", train, lambda t: ["--tasks", "CB", "--target_modules", "q_proj", "up_prj", "--dry_run"],
+     "unknown target module 'up_prj'; this model's linear modules are"),
+    ("unknown flag", train, lambda t: ["--tasks", "CB", "--lora_rank", "4"], "unrecognized arguments: --lora_rank 4"),
+    ("bad choice", train, lambda t: ["--tasks", "CB", "--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
     ("misspelt module", train, lambda t: ["--tasks", "CB", "--target_modules", "q_proj", "up_prj"],
      "unknown target module 'up_prj'; this model's linear modules are"),
     ("lora_r 0", train, lambda t: ["--tasks", "CB", "--lora_r", "0"], "--lora_r must be a positive integer, got 0"),
@@ -63,6 +68,11 @@ CASES = [
     ("eval unknown task", inference,
      lambda t: ["--experiment_dir", fake_experiment(t, '{"target_modules": ["q_proj"]}'), "--tasks", "XYZ"],
      "unknown task 'XYZ'"),
+    ("eval folder neither ours nor the original's", inference,
+     lambda t: ["--experiment_dir", fake_experiment(t, '{"target_modules": ["q_proj"]}', record=False)],
+     "has no experiment.json and its name is not the original's"),
+    ("study: unknown training flag", study, lambda t: ["--output_root", str(t / "out"), "--lora_rank", "4"],
+     "unrecognized arguments: --lora_rank 4"),
 ]
 
 
@@ -75,7 +85,7 @@ def test_bad_input(name, script, argv, message, tmp_path, capsys, monkeypatch):
         args = ["--pretrained_ckpt", MODEL, "--data_root", SAMPLE, *args, "--output_root", str(out)]
     before = sorted(p for p in tmp_path.rglob("*"))
     with pytest.raises(SystemExit) as e:
-        utils.run_main(lambda: script.main(args))
+        run_main(lambda: script.main(args))
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2
     assert message in err and "\n" not in err and "Traceback" not in err

@@ -1,8 +1,9 @@
-"""End-to-end runs of the two scripts on the embedded model and sample_data (slow; still run in CI)."""
+"""End-to-end runs of the scripts on the embedded model and sample_data (slow; still run in CI)."""
 
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,50 +12,23 @@ import time
 import pytest
 
 import utils
-from conftest import ROOT
+from conftest import EVAL, MODEL, ROOT, SAMPLE, STUDY, TRAIN, linked_copy, metrics, only_dir, predictions, run
 
 pytestmark = pytest.mark.slow
-MODEL = os.path.join(ROOT, utils.EMBEDDED_MODEL)
-SAMPLE = os.path.join(ROOT, "sample_data")
-TRAIN = os.path.join(ROOT, "llama2_classification_multi_tasks.py")
-EVAL = os.path.join(ROOT, "llama2_classification_multi_tasks_inference.py")
 SMALL = ["--pretrained_ckpt", MODEL, "--data_root", SAMPLE, "--epochs", "1", "--per_device_train_batch_size", "2",
          "--gradient_accumulation_steps", "1", "--max_seq_length", "256"]
 
 
-def run(script, *args, check=True, timeout=900):
-    p = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if check and p.returncode != 0:
-        raise AssertionError(f"{os.path.basename(script)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
-
-
-def only_dir(root):
-    [d] = glob.glob(os.path.join(root, "*", "*"))
-    return d
-
-
-def linked_copy(exp, folder):
-    """A second experiment folder sharing the trained adapter, with metrics of its own."""
-    os.makedirs(folder)
-    for name in ("assets", "experiment.json"):
-        os.symlink(os.path.join(exp, name), os.path.join(folder, name))
-    return str(folder)
-
-
-def predictions(exp, task):
-    with open(os.path.join(exp, "metrics", f"{task}_predictions.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def test_acceptance_command_leaves_the_spec_layout(tmp_path):
+def test_acceptance_command_leaves_the_spec_layout_as_planned(tmp_path):
     out = str(tmp_path / "exp")
-    run(TRAIN, *SMALL, "--target_modules", "q_proj", "v_proj", "up_proj", "--tasks", "boolq", "COPA", "CB",
-        "--max_steps", "3", "--output_root", out)
+    argv = [*SMALL, "--target_modules", "q_proj", "v_proj", "up_proj", "--tasks", "boolq", "COPA", "CB",
+            "--max_steps", "3", "--output_root", out]
+    plan = json.loads(run(TRAIN, *argv, "--dry_run").stdout.strip().splitlines()[-1])
+    assert not os.path.exists(out)  # a dry run writes nothing
+    run(TRAIN, *argv)
     exp = only_dir(out)
     assert exp == os.path.join(out, "boolq,COPA,CB", "classification-sampleFraction-0.99_epochs-1_rank-8_dropout-0.1-"
-                                                      "q_proj,v_proj,up_proj-standard")
+                                                      "q_proj,v_proj,up_proj-standard") == plan["experiment_dir"]
     with open(os.path.join(exp, "assets", "adapter_config.json")) as f:
         assert sorted(json.load(f)["target_modules"]) == ["q_proj", "up_proj", "v_proj"]
     assert os.path.isfile(os.path.join(exp, "assets", "adapter_model.safetensors"))
@@ -63,28 +37,41 @@ def test_acceptance_command_leaves_the_spec_layout(tmp_path):
     lines = open(count).read().split()
     assert int(lines[0]) == trained and int(lines[1]) == total and float(lines[2]) == pytest.approx(trained / total)
     # r=8 on q (576->576), v (576->192), up (576->1536) in 30 layers
-    assert trained == 30 * 8 * ((576 + 576) + (576 + 192) + (576 + 1536))
+    assert trained == 30 * 8 * ((576 + 576) + (576 + 192) + (576 + 1536)) == plan["trainable_params"]
     results = json.load(open(os.path.join(exp, "results.json")))
     assert [results[k] for k in ("epochs", "lora_r", "dropout")] == [1, 8, 0.1] and results["train_loss"] > 0
     record = json.load(open(os.path.join(exp, "experiment.json")))
-    assert record["global_step"] == 3 and record["args"]["seed"] == 42 and record["versions"]["transformers"]
+    assert record["global_step"] == 3 == plan["optimizer_steps"] and record["train_blocks"] == plan["blocks"]
+    assert record["args"]["seed"] == 42 and record["versions"]["transformers"]
+    assert record["args"]["gradient_checkpointing"] is False and record["precision"]["dtype"] in ("fp32", "bf16")
+    assert record["data"]["CB"]["path"] == os.path.join(SAMPLE, "CB", "train.jsonl") and record["data"]["CB"]["used"] == 120
     assert os.path.getsize(os.path.join(exp, "results.pkl")) > 0
     assert glob.glob(os.path.join(exp, "logs", "events.out.tfevents.*"))
-    # the same command again refuses to mix two runs
-    p = run(TRAIN, *SMALL, "--target_modules", "q_proj", "v_proj", "up_proj", "--tasks", "boolq", "COPA", "CB",
-            "--max_steps", "3", "--output_root", out, check=False)
+    # the same command again refuses to mix two runs; --overwrite replaces the run
+    p = run(TRAIN, *argv, check=False)
     assert p.returncode == 2 and "--resume" in p.stderr and "--overwrite" in p.stderr
+    marker = os.path.join(exp, "left-by-the-first-run")
+    open(marker, "w").close()
+    run(TRAIN, *argv, "--overwrite")
+    assert not os.path.exists(marker) and json.load(open(os.path.join(exp, "experiment.json")))["global_step"] == 3
 
 
-def test_bnb_training_and_evaluation(tmp_path):
+def test_bnb_training_checkpoints_and_evaluates_either_way(tmp_path):
     out = str(tmp_path / "exp")
     run(TRAIN, *SMALL, "--bnb", "--target_modules", "q_proj", "v_proj", "down_proj", "--tasks", "CB",
         "--max_steps", "2", "--output_root", out)
     exp = only_dir(out)
     assert exp.endswith("-q_proj,v_proj,down_proj-4bit")
+    record = json.load(open(os.path.join(exp, "experiment.json")))
+    assert record["args"]["gradient_checkpointing"] is True and record["precision"]["bnb"] is True  # as the original
     p = run(EVAL, "--experiment_dir", exp, "--max_test_samples", "4", "--max_new_tokens", "4")
-    m = json.load(open(os.path.join(exp, "metrics", "CB_metrics_update.json")))
-    assert m["n"] == 4 and "CB" in p.stdout
+    m = metrics(exp, "CB")
+    assert m["n"] == 4 and "CB" in p.stdout and m["bnb"] is True
+    p = run(EVAL, "--experiment_dir", exp, "--max_test_samples", "4", "--max_new_tokens", "4", "--no-bnb")
+    m = metrics(exp, "CB")  # a 16-bit base this time: evaluated again, not taken from the 4-bit metrics
+    assert m["bnb"] is False and m["dtype"] == "fp32" and "metrics exist" not in p.stdout
+    p = run(EVAL, "--experiment_dir", exp, "--max_test_samples", "4", "--max_new_tokens", "4", "--no-bnb")
+    assert "CB: metrics exist" in p.stdout
 
 
 # ---- learning, and what evaluation must guarantee on a trained adapter --------------------------------------
@@ -107,7 +94,7 @@ def trained(tmp_path_factory):
 def test_training_beats_the_majority_baseline_on_held_out_rows(trained):
     beaten = []
     for task in LEARN_TASKS:
-        m = json.load(open(os.path.join(trained, "metrics", f"{task}_metrics_update.json")))
+        m = metrics(trained, task)
         assert m["n"] == 40 and m["scoring"] == "generate"
         if m["accuracy_ci95"][0] > m["majority_baseline"]:
             beaten.append(task)
@@ -135,11 +122,10 @@ def test_evaluation_is_deterministic_and_resumes_after_sigkill(trained, tmp_path
         assert predictions(copy, t) == first[t]
 
 
-def test_rank_scoring_agrees_with_greedy_and_both_match_one_at_a_time(trained, tmp_path):
+def test_rank_scoring_agrees_with_greedy_and_greedy_matches_one_at_a_time(trained, tmp_path):
     import torch
     from peft import PeftModel
 
-    import llama2_classification_multi_tasks_inference as inf
     import prompts
 
     greedy = {t: predictions(trained, t) for t in LEARN_TASKS}
@@ -147,20 +133,20 @@ def test_rank_scoring_agrees_with_greedy_and_both_match_one_at_a_time(trained, t
     run(EVAL, "--experiment_dir", copy, "--scoring", "rank")
     agree = total = 0
     for t in LEARN_TASKS:
-        m = json.load(open(os.path.join(copy, "metrics", f"{t}_metrics_update.json")))
-        assert m["scoring"] == "rank"
+        assert metrics(copy, t)["scoring"] == "rank"
         for g, r in zip(greedy[t], predictions(copy, t)):
             agree += g["prediction"] == r["prediction"]
             total += 1
     assert agree / total >= 0.9
 
     # slow reference: one example at a time, plain greedy argmax loop, no padding
-    model, tok = utils.load_base(MODEL)
+    model = utils.load_base(MODEL, utils.precision("fp32", False, "generate"), utils.placement(0, False))
+    tok = utils.load_tokenizer(MODEL)
     model = PeftModel.from_pretrained(model, os.path.join(trained, "assets")).eval()
     task = prompts.TASKS["COPA"]
-    examples = prompts.load(task, SAMPLE, task.eval_split)
-    for (fields, _), row in zip(examples, greedy["COPA"]):
-        ids = torch.tensor([utils.encode_prompt(tok, task, fields, 2048 - 20)])
+    examples, _ = prompts.load(task, SAMPLE, task.eval_split)
+    for e, row in zip(examples, greedy["COPA"]):
+        ids = torch.tensor([tok(prompts.prompt_text(task, e.fields))["input_ids"]])
         new = []
         with torch.no_grad():
             for _ in range(20):
@@ -170,12 +156,48 @@ def test_rank_scoring_agrees_with_greedy_and_both_match_one_at_a_time(trained, t
                 new.append(nxt)
                 ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
         assert tok.decode(new, skip_special_tokens=True) == row["generation"]
-    assert inf  # the script imports as a module (its main is not run)
+
+
+def test_a_folder_written_by_the_original_is_evaluated_and_aggregated(trained, tmp_path):
+    """Laid out exactly as the original writes it: list reprs in both names, no experiment.json, six-key metrics."""
+    root = tmp_path / "experiments"
+    original = root / str(LEARN_TASKS) / ("classification-sampleFraction-0.99_epochs-3_rank-8_dropout-0.1-"
+                                          "['q_proj', 'v_proj', 'up_proj']-standard")
+    original.mkdir(parents=True)
+    shutil.copytree(os.path.join(trained, "assets"), original / "assets")
+    [count] = glob.glob(os.path.join(trained, "*_total_*.txt"))
+    shutil.copy(count, original)
+    shutil.copy(os.path.join(trained, "results.pkl"), original)
+    assert json.load(open(original / "assets" / "adapter_config.json"))["base_model_name_or_path"] == MODEL
+    p = run(EVAL, "--experiment_dir", str(original), "--data_root", SAMPLE)
+    for t in LEARN_TASKS:
+        assert metrics(str(original), t)["n"] == 40 and t in p.stdout
+    assert not os.path.exists(original / "experiment.json")
+    ours = root / ",".join(LEARN_TASKS) / os.path.basename(trained)
+    shutil.copytree(trained, ours)
+    import get_eval_tasks
+
+    get_eval_tasks.main(["--root", str(root), "--no_plot"])
+    results = json.load(open(root / "all_eval_results.json"))
+    for folder in (str(LEARN_TASKS), ",".join(LEARN_TASKS)):
+        [(name, per_task)] = results[folder].items()
+        assert set(per_task) == set(LEARN_TASKS), (folder, name)
+    assert results[str(LEARN_TASKS)][get_eval_tasks.short_name(original.name)]["COPA"]["accuracy"] == \
+        metrics(trained, "COPA")["accuracy"]  # the same adapter, the same data: the same accuracy
+
+
+def tfevents_steps(path):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return [e.step for e in EventFileLoader(path).Load() if e.HasField("summary") and
+            any(v.tag == "train/loss" for v in e.summary.value)]
 
 
 def test_training_is_deterministic_and_resumes_after_sigkill(tmp_path):
+    from safetensors.torch import load_file
+
     args = [*SMALL, "--tasks", "CB", "--target_modules", "q_proj", "v_proj", "--max_steps", "6", "--save_steps", "2",
-            "--loss_on", "completion", "--max_samples", "40"]
+            "--loss_on", "completion", "--max_samples", "40", "--logging_steps", "1"]
     a, b, c = (str(tmp_path / x) for x in "abc")
     run(TRAIN, *args, "--output_root", a)
     run(TRAIN, *args, "--output_root", b)
@@ -196,23 +218,36 @@ def test_training_is_deterministic_and_resumes_after_sigkill(tmp_path):
     proc.wait()
     exp_c = only_dir(c)
     assert not os.path.exists(os.path.join(exp_c, "experiment.json"))  # it really died before the end
+    assert not glob.glob(os.path.join(exp_c, "checkpoint-4"))
     p = run(TRAIN, *args, "--output_root", c, check=False)
     assert p.returncode == 2 and "partial run" in p.stderr
-    run(TRAIN, *args, "--output_root", c, "--resume")
+    before = set(glob.glob(os.path.join(exp_c, "logs", "events.out.tfevents.*")))
+    p = run(TRAIN, *args, "--output_root", c, "--resume")
+    assert "continuing from" in p.stdout and p.stdout.split("continuing from ")[1].split()[0].endswith("checkpoint-2")
+    [resumed_log] = set(glob.glob(os.path.join(exp_c, "logs", "events.out.tfevents.*"))) - before
+    assert tfevents_steps(resumed_log)[0] == 3  # it went on from step 3, it did not start again at step 1
     rec_c = json.load(open(os.path.join(exp_c, "experiment.json")))
     assert rec_c["global_step"] == rec_a["global_step"] == 6
+    adapter_a = load_file(os.path.join(only_dir(a), "assets", "adapter_model.safetensors"))
+    adapter_c = load_file(os.path.join(exp_c, "assets", "adapter_model.safetensors"))
+    assert adapter_a.keys() == adapter_c.keys()
+    for k in adapter_a:  # and it ends where the uninterrupted run ended
+        assert (adapter_a[k] - adapter_c[k]).abs().max() < 1e-5, k
 
 
 def test_multi_process_training_under_accelerate(tmp_path):
+    """Two processes, data parallel: `accelerate launch --multi_gpu` starts them through torch.distributed.run;
+    on a machine without GPUs each trains on the CPU and gradients are averaged over gloo."""
     out = str(tmp_path / "ddp")
-    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", TRAIN, *SMALL,
                         "--tasks", "CB", "--target_modules", "q_proj", "v_proj", "--max_steps", "2",
                         "--max_samples", "40", "--output_root", out],
                        capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
     record = json.load(open(os.path.join(only_dir(out), "experiment.json")))
-    assert record["global_step"] == 2
+    assert record["global_step"] == 2 and "one process of several" in record["placement"]
+    assert p.stdout.count("trainable parameters:") == 2  # two processes each loaded a model
 
 
 def test_thousand_rows_longer_than_the_context_keep_their_cue(tmp_path):
@@ -228,8 +263,23 @@ def test_thousand_rows_longer_than_the_context_keep_their_cue(tmp_path):
     out = str(tmp_path / "out")
     run(EVAL, "--pretrained_ckpt", MODEL, "--tasks", "20_Newsgroups_Fixed", "--data_root", str(tmp_path / "data"),
         "--output_root", out, "--max_input_length", "96", "--max_new_tokens", "3")
-    metrics_dir = os.path.join(out, "20_Newsgroups_Fixed", "base-SmolLM2-135M-Instruct", "metrics")
-    m = json.load(open(os.path.join(metrics_dir, "20_Newsgroups_Fixed_metrics_update.json")))
-    assert m["n"] == 1000 and m["oom_examples"] == []
-    rows = [json.loads(line) for line in open(os.path.join(metrics_dir, "20_Newsgroups_Fixed_predictions.jsonl"))]
+    exp = os.path.join(out, "20_Newsgroups_Fixed", "base-SmolLM2-135M-Instruct")
+    m = metrics(exp, "20_Newsgroups_Fixed")
+    assert m["n"] == 1000 and m["oom_examples"] == [] and m["data"]["rows"] == 1000
+    rows = predictions(exp, "20_Newsgroups_Fixed")
     assert len(rows) == 1000 and all(r["generation"] is not None for r in rows)
+
+
+def test_study_with_two_seeds_pools_them(tmp_path):
+    out = str(tmp_path / "study")
+    run(STUDY, "--seeds", "1", "2", "--settings", "q_proj v_proj up_proj", "q_proj v_proj down_proj", "--tasks", "CB",
+        "--max_steps", "2", "--max_samples", "40", "--max_test_samples", "12", "--output_root", out,
+        "--pretrained_ckpt", MODEL, "--data_root", SAMPLE, "--scoring", "rank")
+    folders = sorted(os.listdir(os.path.join(out, "CB")))
+    adapters = [f for f in folders if os.path.isfile(os.path.join(out, "CB", f, "assets", "adapter_config.json"))]
+    assert len(adapters) == 4 and sum(f.endswith("-seed2-standard") for f in adapters) == 2
+    md = open(os.path.join(out, "CB", "summary.md")).read()
+    assert "seeds 1, 2" in md and "stratified McNemar" in md
+    comp = [line for line in md.splitlines() if line.startswith("| q,v+up (keys) vs q,v+down (values) |")]
+    assert len(comp) == 1 and "p=" in comp[0]
+    assert os.path.getsize(os.path.join(out, "CB", "summary.png")) > 10_000
