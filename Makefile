@@ -35,8 +35,10 @@ test-fast: model
 study: model
 	HF_HUB_OFFLINE=1 $(PY) study.py
 
+# the benchmark installs its peers (trl, lm-evaluation-harness) from bench/requirements.txt, keeping the project's pins
 bench: model
-	HF_HUB_OFFLINE=1 $(PY) bench/bench.py
+	$(PY) -m pip install -q -r bench/requirements.txt -c requirements.txt
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) bench/bench.py
 
 clean:
 	rm -rf $(VENV) models

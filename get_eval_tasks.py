@@ -283,73 +283,89 @@ def majority(settings, task):
     return "–"
 
 
-def summary_md(tasks_folder, settings, tasks, comparisons):
-    seeds = sorted({s for st in settings if st.role != "base" for s in st.seeds})
-    several = any(len(s.runs) > 1 for s in settings)
-    lines = [f"# Keys vs values: {tasks_folder}", ""]
+def accuracy_table(settings, tasks, several, seeds):
     if several:
-        lines.append(f"Accuracy (%) on each task's evaluation rows: the mean over seeds {', '.join(map(str, seeds))} "
-                     "with its 95% interval (a two-level bootstrap: the seeds, then the examples) and ± the standard "
-                     "deviation over seeds; `mean` is the unweighted mean over tasks. `keys` settings add a LoRA "
-                     "adapter to `up_proj` or `gate_proj`, `values` to `down_proj`, both on top of `q_proj v_proj`.")
+        intro = (f"Accuracy (%) on each task's evaluation rows: the mean over seeds {', '.join(map(str, seeds))} with its "
+                 "95% interval (a two-level bootstrap: the seeds, then the examples) and ± the standard deviation over "
+                 "seeds; `mean` is the unweighted mean over tasks.")
     else:
-        lines.append("Accuracy (%) on each task's evaluation rows, with its 95% Wilson interval; `mean` is the "
-                     "unweighted mean over tasks. `keys` settings add a LoRA adapter to `up_proj` or `gate_proj`, "
-                     "`values` to `down_proj`, both on top of `q_proj v_proj`.")
-    lines += ["", "| setting | " + " | ".join(tasks) + " | mean | trainable params | scoring |" + (" seeds |" if several else ""),
-              "|---" * (len(tasks) + 4 + several) + "|"]
+        intro = "Accuracy (%) on each task's evaluation rows, with its 95% Wilson interval; `mean` is the unweighted mean over tasks."
+    lines = [intro + " `keys` settings add a LoRA adapter to `up_proj` or `gate_proj`, `values` to `down_proj`, both on "
+                     "top of `q_proj v_proj`.", "",
+             "| setting | " + " | ".join(tasks) + " | mean | trainable params | scoring |" + (" seeds |" if several else ""),
+             "|---" * (len(tasks) + 4 + several) + "|"]
     for s in settings:
         means = [accuracy_of(s, t)[0] for t in tasks]
         mean = pct(sum(means) / len(means)) if None not in means else "–"
         params = s.any_run().record.get("trainable_params")
         scoring = ",".join(sorted({m.get("scoring", "?") for r in s.runs.values() for m in r.metrics.values()}))
+        seed_cell = f" {','.join(map(str, s.seeds)) if s.role != 'base' else '–'} |" if several else ""
         lines.append(f"| {s.name} | " + " | ".join(cell(s, t) for t in tasks) + f" | {mean} | "
-                     f"{'–' if params is None else f'{params:,}'} | {scoring} |"
-                     + (f" {','.join(map(str, s.seeds)) if s.role != 'base' else '–'} |" if several else ""))
+                     f"{'–' if params is None else f'{params:,}'} | {scoring} |" + seed_cell)
     lines.append("| majority class | " + " | ".join(majority(settings, t) for t in tasks) + " | | | |" + (" |" if several else ""))
+    return lines
+
+
+def seed_table(settings, tasks):
+    lines = ["", "## Each seed", "", "| setting | seed | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 2) + "|"]
+    for s in settings:
+        for seed in s.seeds:
+            m = s.runs[seed].metrics
+            lines.append(f"| {s.name} | {seed if s.role != 'base' else '–'} | " + " | ".join(
+                pct(m[t]["accuracy"]) if isinstance(m.get(t, {}).get("accuracy"), (int, float)) else "–"
+                for t in tasks) + " |")
+    return lines
+
+
+def comparison_cell(c, several):
+    if c is None:
+        return "–"
     if several:
-        lines += ["", "## Each seed", "", "| setting | seed | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 2) + "|"]
-        for s in settings:
-            for seed in s.seeds:
-                m = s.runs[seed].metrics
-                lines.append(f"| {s.name} | {seed if s.role != 'base' else '–'} | " + " | ".join(
-                    pct(m[t]["accuracy"]) if isinstance(m.get(t, {}).get("accuracy"), (int, float)) else "–"
-                    for t in tasks) + " |")
-    if comparisons:
-        lines += ["", "## Keys against values, paired on the same examples", ""]
-        if several:
-            lines.append("Difference in accuracy (points, keys minus values, mean over the seeds both settings have) "
-                         "with its 95% interval (Wald, for paired proportions), then b/c: (seed, example) pairs only "
-                         "the keys setting got right / only the values setting got right, summed over seeds, and the "
-                         "p-value of the exact stratified McNemar test: within each seed every discordant pair is, "
-                         "under no difference, equally likely to favour either setting, so the summed b is "
-                         "Binomial(b + c, 1/2) (a Mantel–Haenszel test with each seed's pair of runs on one example "
-                         "as a stratum).")
-        else:
-            lines.append("Difference in accuracy (points, keys minus values), then b/c: examples only the keys setting "
-                         "got right / only the values setting got right, and the exact two-sided McNemar p-value.")
-        lines += ["", "| comparison | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
-        for k, v, _, cells in comparisons:
-            row = []
-            for t in tasks:
-                c = cells[t]
-                if c is None:
-                    row.append("–")
-                elif several:
-                    d, lo, hi = c["diff"]
-                    row.append(f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] ({c['b']}/{c['c']}, p={c['p']:.3g})")
-                else:
-                    row.append(f"{100 * c['diff'][0]:+.1f} ({c['b']}/{c['c']}, p={c['p']:.3g})")
-            lines.append(f"| {k.name} vs {v.name} | " + " | ".join(row) + " |")
+        d, lo, hi = c["diff"]
+        return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] ({c['b']}/{c['c']}, p={c['p']:.3g})"
+    return f"{100 * c['diff'][0]:+.1f} ({c['b']}/{c['c']}, p={c['p']:.3g})"
+
+
+def comparison_table(comparisons, tasks, several):
+    if several:
+        intro = ("Difference in accuracy (points, keys minus values, mean over the seeds both settings have) with its "
+                 "95% interval (Wald, for paired proportions), then b/c: (seed, example) pairs only the keys setting got "
+                 "right / only the values setting got right, summed over seeds, and the p-value of the exact stratified "
+                 "McNemar test: within each seed every discordant pair is, under no difference, equally likely to "
+                 "favour either setting, so the summed b is Binomial(b + c, 1/2) (a Mantel–Haenszel test with each "
+                 "seed's pair of runs on one example as a stratum).")
+    else:
+        intro = ("Difference in accuracy (points, keys minus values), then b/c: examples only the keys setting got right "
+                 "/ only the values setting got right, and the exact two-sided McNemar p-value.")
+    lines = ["", "## Keys against values, paired on the same examples", "", intro, "",
+             "| comparison | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    lines += [f"| {k.name} vs {v.name} | " + " | ".join(comparison_cell(cells[t], several) for t in tasks) + " |"
+              for k, v, _, cells in comparisons]
+    return lines
+
+
+def training_line(settings, several, seeds):
     lora = [s.any_run().record for s in settings if s.any_run().record.get("kind") == "lora"]
-    if lora:
-        a = lora[0]["args"]
-        lines += ["", f"Training: base `{a.get('pretrained_ckpt')}`, loss on `{a.get('loss_on', 'all')}`, learning rate "
-                      f"{a.get('learning_rate', 2e-4)}, {a.get('epochs')} epochs (max steps {a.get('max_steps', -1)}), "
-                      f"rank {a.get('lora_r')}, dropout {a.get('dropout')}, {'4-bit' if a.get('bnb') else 'standard'} "
-                      f"base, seed{'s ' + ', '.join(map(str, seeds)) if several else ' ' + str(a.get('seed'))}, "
-                      f"data root `{a.get('data_root') or '.'}`."]
-    return "\n".join(lines) + "\n"
+    if not lora:
+        return []
+    a = lora[0]["args"]
+    seed = f"seeds {', '.join(map(str, seeds))}" if several else f"seed {a.get('seed')}"
+    return ["", f"Training: base `{a.get('pretrained_ckpt')}`, loss on `{a.get('loss_on', 'all')}`, learning rate "
+                f"{a.get('learning_rate', 2e-4)}, {a.get('epochs')} epochs (max steps {a.get('max_steps', -1)}), rank "
+                f"{a.get('lora_r')}, dropout {a.get('dropout')}, {'4-bit' if a.get('bnb') else 'standard'} base, {seed}, "
+                f"data root `{a.get('data_root') or '.'}`."]
+
+
+def summary_md(tasks_folder, settings, tasks, comparisons):
+    """The report: one seed as before; several seeds add their spread, a table of each seed, pooled tests."""
+    seeds = sorted({s for st in settings if st.role != "base" for s in st.seeds})
+    several = any(len(s.runs) > 1 for s in settings)
+    lines = [f"# Keys vs values: {tasks_folder}", "", *accuracy_table(settings, tasks, several, seeds)]
+    if several:
+        lines += seed_table(settings, tasks)
+    if comparisons:
+        lines += comparison_table(comparisons, tasks, several)
+    return "\n".join(lines + training_line(settings, several, seeds)) + "\n"
 
 
 def loss_curve(run):

@@ -271,12 +271,11 @@ def output_layer_in_the_loss(model):
             grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for s in range(0, hidden.shape[0], memory.LOSS_CHUNK):
-                logits = (hidden[s:s + memory.LOSS_CHUNK].to(dtype) @ w.t()).float()
+                logp = torch.log_softmax((hidden[s:s + memory.LOSS_CHUNK].to(dtype) @ w.t()).float(), dim=-1)
                 t = targets[s:s + memory.LOSS_CHUNK]
-                lse = torch.logsumexp(logits, dim=-1)
-                total += (lse - logits.gather(1, t[:, None])[:, 0]).sum()
+                total -= logp.gather(1, t[:, None]).sum()
                 if grad is not None:
-                    p = logits.sub_(lse[:, None]).exp_()  # the softmax, in the logits' place
+                    p = logp.exp_()  # the softmax, in place
                     p[torch.arange(len(t), device=t.device), t] -= 1
                     grad[s:s + memory.LOSS_CHUNK] = (p.to(dtype) @ w).to(grad.dtype)
             ctx.save_for_backward(grad)

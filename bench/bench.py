@@ -1,16 +1,18 @@
-"""Benchmark: training and evaluation speed against this machine's measured limits, and against the
-original's way of evaluating. Every number comes from one run on one machine; each measurement runs in
-its own child process (for a clean peak memory), one after another. Prints a table and writes
-BENCHMARKS.md.
+"""Benchmark: training and evaluation speed against this machine's limits, against the original's way of
+evaluating, against this project's previous implementation (A/B), and against the tools a user would pick
+instead (trl's SFTTrainer, lm-evaluation-harness). Every number comes from one run on one machine; each
+measurement runs in its own child process (for a clean peak memory), one after another. Prints a table and
+writes BENCHMARKS.md. The peers come from bench/requirements.txt (`make bench` installs them).
 
     python bench/bench.py            # make bench
     python bench/bench.py --quick    # fewer steps and prompts (a smoke test)
 
 Model FLOPs per trained token (LoRA: frozen weights need input gradients but no weight gradients):
     4 * N_linear + 12 * n_layers * seq_len * d_model
-N_linear counts the weights of every Linear layer the tokens pass through (lm_head included, the embedding
-lookup excluded); the second term is attention's two products (forward 4*L*s*d, backward 8*L*s*d). LoRA's
-own matrices are under 1% and left out. Utilisation = measured FLOP/s over the bf16 (or fp32) matmul ceiling.
+N_linear counts the weights of every Linear layer the tokens pass through (the output layer only at the
+positions whose loss counts), the second term is attention's two products (forward 4*L*s*d, backward
+8*L*s*d). LoRA's own matrices are under 1% and left out. Utilisation = measured FLOP/s over the matmul
+ceiling of the dtype the run computes in.
 """
 
 import argparse
@@ -20,6 +22,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,7 +30,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct")
+SAMPLE = os.path.join(ROOT, "sample_data")
+TRAIN_TASKS = ["boolq", "COPA", "CB", "RTE"]
 EVAL_TASKS = ["boolq", "COPA", "CB", "RTE", "QNLI"]  # 40 evaluation rows each: 200 prompts
+MODULES = ["q_proj", "v_proj", "up_proj"]
+SEQ, BATCH, STEPS, WARM = 512, 4, 5, 2  # the loss is compared after STEPS steps; timing skips WARM of them
 
 
 def peak_rss_mib():
@@ -52,105 +59,237 @@ def _matmul_rate(m, k, n, dtype, device, repeats):
 
 
 def part_matmul(quick, device="cpu"):
-    """Square-matmul ceilings, and (on the CPU) the rate of the model's own largest shapes: 2,048 tokens
-    times 576 x 1,536 (an MLP projection) and 576 x 49,152 (the output layer)."""
+    """Square-matmul ceilings, and (on the CPU) the rate of the model's own largest shapes. Without native bf16
+    units a bf16 product is a slow fallback: measured at 512 only, to keep the run short."""
     import torch
 
-    out = {"threads": torch.get_num_threads()}
-    n = 2048 if device == "cpu" else 8192
+    import utils
+
+    native = device != "cpu" or utils.cpu_has_bf16_matmul()
+    out = {"threads": torch.get_num_threads(), "bf16_native": native}
     repeats = 3 if quick else 10
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        out[name] = _matmul_rate(n, n, n, dtype, device, repeats)
-        if device == "cpu":
+        n = (2048 if device == "cpu" else 8192) if name == "fp32" or native else 512
+        out[name] = _matmul_rate(n, n, n, dtype, device, repeats if n > 512 or name == "fp32" else 2)
+        out[name + "_size"] = n
+        if device == "cpu" and (name == "fp32" or native):
             out[name + "_mlp"] = _matmul_rate(2048, 576, 1536, dtype, device, repeats)
             out[name + "_head"] = _matmul_rate(2048, 576, 49152, dtype, device, max(2, repeats // 3))
     return out
 
 
 def linear_params(config):
-    """Weights of every Linear layer (lm_head included), counted on the meta device: the same for a 4-bit model."""
+    """(weights of every Linear layer, those of the output layer), counted on the meta device."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    import utils
+
+    model = utils.meta_model(config)
+    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return total, model.get_output_embeddings().weight.numel()
 
 
-def part_train(mode, quick, model_path=MODEL, batch=4):
-    """Trained tokens per second through the training script's own functions (add_lora, training_blocks, fit)."""
-    import tempfile
-
-    import torch
-    from transformers import TrainerCallback
+def training_setup(dtype, loss_on, bnb=False, model_path=MODEL, batch=BATCH, steps=STEPS):
+    """The training script's own pieces for a benchmark run: args, blocks, precision and the model with LoRA."""
+    from transformers import set_seed
 
     import llama2_classification_multi_tasks as train
     import utils
 
-    seq, steps, warm = 512, (3 if quick else 6), 2
-    if mode == "bnb" and not torch.cuda.is_available():  # 4-bit on a CPU is slow (bitsandbytes dequantises per call)
-        steps, warm = 2, 1
-    argv = ["--pretrained_ckpt", model_path, "--data_root", os.path.join(ROOT, "sample_data"), "--tasks", "boolq", "COPA",
-            "CB", "RTE", "--target_modules", "q_proj", "v_proj", "up_proj", "--max_seq_length", str(seq),
-            "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", "1",
-            "--max_steps", str(steps + warm), "--logging_steps", "1000", "--save_steps", "100000",
-            "--dtype", "bf16" if mode == "bf16" else "fp32", *(["--bnb"] if mode == "bnb" else [])]
+    set_seed(42)  # as the training script does: the same LoRA initialisation in every run
+    argv = ["--pretrained_ckpt", model_path, "--data_root", SAMPLE, "--tasks", *TRAIN_TASKS, "--target_modules",
+            *MODULES, "--max_seq_length", str(SEQ), "--per_device_train_batch_size", str(batch),
+            "--gradient_accumulation_steps", "1", "--max_steps", str(steps), "--logging_steps", "1",
+            "--save_steps", "100000", "--dtype", dtype, "--loss_on", loss_on, *(["--bnb"] if bnb else [])]
     args = train.parse_args(argv)
-    tasks = train.check_args(args)
-    per_task = train.load_training_examples(tasks, args)
-    model, tok = utils.load_base(model_path, args.bnb, args.dtype)
-    cfg = model.config
-    n_linear = linear_params(cfg)
-    model = train.add_lora(model, args)
+    per_task, _ = train.load_training_examples(train.check_args(args), args)
+    prec = utils.precision(args.dtype, args.bnb, "train")
+    tok = utils.load_tokenizer(model_path)
     blocks = train.training_blocks(per_task, tok, args)
+    model = train.add_lora(utils.load_base(model_path, prec, utils.placement(0, False) if not bnb else
+                                           utils.this_placement()), args, prec)
+    return train, args, tok, blocks, prec, model
+
+
+def clocked():
+    from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
-        stamps = []
+        def __init__(self):
+            self.stamps, self.losses = [], {}
 
         def on_step_end(self, *a, **k):
             self.stamps.append(time.perf_counter())
 
-    clock = Clock()
-    with tempfile.TemporaryDirectory() as out:
-        train.fit(model, tok, blocks, args, out, None, callbacks=[clock])
-    dt = (clock.stamps[-1] - clock.stamps[warm - 1]) / steps
-    flops_per_token = 4 * n_linear + 12 * cfg.num_hidden_layers * seq * cfg.hidden_size
-    tokens = batch * seq
-    return {"mode": mode, "seconds_per_step": dt, "tokens_per_second": tokens / dt,
-            "flops_per_token": flops_per_token, "model_flops_per_second": tokens * flops_per_token / dt,
-            "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads(),
-            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None}
+        def on_log(self, args, state, control, logs=None, **k):
+            if logs and "loss" in logs:
+                self.losses[state.global_step] = float(logs["loss"])
+
+    return Clock()
 
 
-def part_gpu(quick):
-    """On a GPU: a Llama-2-7B-shaped model with random weights (built from its configuration, no download),
-    trained with --bnb through the same code, against a bf16 matmul measured on the same card."""
-    import tempfile
-
+def part_train(dtype, loss_on, impl, quick, bnb=False):
+    """Trained tokens per second through the training script's own functions (add_lora, training_blocks, fit).
+    impl 'previous': the model's own output layer and loss (what this project ran before the chunked loss)."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    if not torch.cuda.is_available():
-        return {"skipped": "no GPU"}
-    ceiling = part_matmul(quick, "cuda")
-    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                         num_key_value_heads=32, vocab_size=49152, max_position_embeddings=4096)
+    import utils
+
+    steps = 3 if quick else STEPS
+    train, args, tok, blocks, prec, model = training_setup(dtype, loss_on, bnb, steps=steps)
+    if impl == "previous":
+        train.output_layer_in_the_loss = lambda m: (None, lambda: None)
+    clock = clocked()
+    with tempfile.TemporaryDirectory() as out:
+        train.fit(model, tok, blocks, args, out, None, prec, utils.placement(0, False), callbacks=[clock])
+    dt = (clock.stamps[-1] - clock.stamps[WARM - 1]) / (steps - WARM)
+    cfg = model.config
+    n_linear, n_head = linear_params(cfg)
+    counted = (sum(y != -100 for b in blocks for y in b["labels"]) / sum(len(b["labels"]) for b in blocks)
+               if loss_on == "completion" else 1.0)
+    flops = 4 * (n_linear - n_head) + 4 * n_head * counted + 12 * cfg.num_hidden_layers * SEQ * cfg.hidden_size
+    tokens = BATCH * SEQ
+    return {"dtype": prec.dtype, "bnb": bnb, "loss_on": loss_on, "impl": impl, "steps": steps, "seconds_per_step": dt,
+            "tokens_per_second": tokens / dt, "flops_per_token": flops, "model_flops_per_second": tokens * flops / dt,
+            "losses": clock.losses, "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads()}
+
+
+def part_trl(dtype, quick):
+    """trl's SFTTrainer (the original's trainer) on the same model, texts, LoRA, batch, block length and steps:
+    packing by cutting the stream of texts into blocks ('wrapped', as the original's ConstantLengthDataset)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    import llama2_classification_multi_tasks as train
+    import prompts
+    import utils
+
+    steps = 3 if quick else STEPS
+    args = train.parse_args(["--data_root", SAMPLE, "--tasks", *TRAIN_TASKS])
+    per_task, _ = train.load_training_examples(train.check_args(args), args)
+    texts = [prompts.training_text(prompts.TASKS[n], e.fields, e.label) for n, es in per_task.items() for e in es]
+    prec = utils.precision(dtype, False, "train")
+    model = utils.load_base(MODEL, prec, utils.placement(0, False))
+    tok = utils.load_tokenizer(MODEL)
+    clock = clocked()
+    with tempfile.TemporaryDirectory() as out:
+        config = SFTConfig(output_dir=out, max_length=SEQ, packing=True, packing_strategy="wrapped",
+                           dataset_text_field="text", per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
+                           learning_rate=2e-4, lr_scheduler_type="constant", max_grad_norm=0.3, max_steps=steps,
+                           logging_steps=1, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
+                           bf16=prec.autocast, seed=42)
+        lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, bias="none", task_type="CAUSAL_LM",
+                          target_modules=MODULES)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_dict({"text": texts}),
+                             peft_config=lora, processing_class=tok, callbacks=[clock])
+        trainer.train()
+    dt = (clock.stamps[-1] - clock.stamps[WARM - 1]) / (steps - WARM)
+    return {"dtype": prec.dtype, "steps": steps, "seconds_per_step": dt, "tokens_per_second": BATCH * SEQ / dt,
+            "losses": clock.losses,
+            "peak_rss_mib": peak_rss_mib()}
+
+
+def eval_items(tok, per_task):
+    import prompts
+    import utils
+
+    items = []
+    for name in EVAL_TASKS:
+        task = prompts.TASKS[name]
+        examples, _ = prompts.load(task, SAMPLE, task.eval_split, per_task)
+        for e in examples:
+            fields, ids = utils.fit_prompt(tok, task, e.fields, 8192 - 20)
+            items.append((task, prompts.prompt_text(task, fields), ids))
+    return items
+
+
+def rank_per_candidate(model, tok, items, batch_size=64):
+    """This project's previous ranking, the A of the A/B: task by task, every candidate its own sequence
+    (prompt tokens, then the label tokenised alone and EOS), right padded, batch_size prompts at a time."""
+    import torch
+
+    import prompts
+
+    out = []
+    for name in EVAL_TASKS:
+        group = [(t, ids) for t, _, ids in items if t.name == name]
+        options = prompts.choices(group[0][0])
+        answers = [tok(y, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for y in options]
+        for s in range(0, len(group), batch_size):
+            pairs = [(ids, a) for _, ids in group[s:s + batch_size] for a in answers]
+            width = max(len(p) + len(a) for p, a in pairs)
+            ids = torch.tensor([p + a + [tok.pad_token_id] * (width - len(p) - len(a)) for p, a in pairs])
+            mask = torch.tensor([[1] * (len(p) + len(a)) + [0] * (width - len(p) - len(a)) for p, a in pairs])
+            with torch.inference_mode():
+                logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            for k in range(0, len(pairs), len(answers)):
+                scores = [sum(logp[k + j, len(p) - 1 + i, t].item() for i, t in enumerate(a))
+                          for j, (p, a) in enumerate(pairs[k:k + len(answers)])]
+                out.append(options[max(range(len(options)), key=scores.__getitem__)])
+    return out
+
+
+def rank_ours(model, tok, items, batch_size=64, eos=True):
+    """The evaluation script's ranking over all prompts at once; eos=False scores each label without the EOS
+    after it (lm-evaluation-harness's definition), for a like-with-like comparison."""
+    import llama2_classification_multi_tasks_inference as inference
+    import prompts
+
+    jobs = {}
+    for task, prompt, ids in items:
+        job = jobs.setdefault(task.name, {"options": prompts.choices(task), "items": []})
+        shared, conts = inference.candidates(tok, prompt, ids, job["options"])
+        job["items"].append((shared, conts if eos else [c[:-1] for c in conts]))
+    predicted = inference.rank_tasks(model, tok, jobs, argparse.Namespace(batch_size=batch_size))
+    return [p for name in EVAL_TASKS for _, p in predicted[name]]
+
+
+def rank_lm_eval(model, tok, items, batch_size=64):
+    """lm-evaluation-harness (HF backend) scoring the same prompts and label strings as a local-file
+    multiple_choice task (label right after the prompt: target_delimiter ""), the model already loaded."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    import prompts
+
     with tempfile.TemporaryDirectory() as folder:
-        with torch.device("cuda"):
-            model = LlamaForCausalLM(config).to(torch.bfloat16)
-        model.save_pretrained(folder)
-        del model
-        torch.cuda.empty_cache()
-        AutoTokenizer.from_pretrained(MODEL).save_pretrained(folder)  # the embedded tokenizer: no download
-        res = part_train("bnb", quick, folder, batch=8)
-    res.update(device=torch.cuda.get_device_name(), bf16_ceiling=ceiling["bf16"],
-               utilisation=res["model_flops_per_second"] / ceiling["bf16"])
-    return res
+        data = os.path.join(folder, "prompts.jsonl")
+        with open(data, "w") as f:
+            for task, prompt, _ in items:
+                f.write(json.dumps({"prompt": prompt, "choices": prompts.choices(task), "target": 0}) + "\n")
+        with open(os.path.join(folder, "kv_lora_rank.yaml"), "w") as f:
+            f.write(f"task: kv_lora_rank\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+                    "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{prompt}}'\n"
+                    "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{target}}'\ntarget_delimiter: ''\n"
+                    "metric_list:\n  - metric: acc\n")
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+        result = simple_evaluate(model=lm, tasks=["kv_lora_rank"], task_manager=TaskManager(include_path=folder),
+                                 log_samples=True, verbosity="ERROR")
+    samples = sorted(result["samples"]["kv_lora_rank"], key=lambda s: s["doc_id"])
+    out = []
+    for s in samples:
+        scores = [r[0] for r in s["filtered_resps"]]
+        out.append(s["doc"]["choices"][max(range(len(scores)), key=scores.__getitem__)])
+    return out
 
 
-def part_eval(quick, bf16_eval=False, batch_size=64):
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def same(a, b):
+    return f"{sum(x == y for x, y in zip(a, b))}/{len(a)}"
+
+
+def part_eval(quick, batch_size=64):
     """200 prompts: the original's way (one at a time, sampling, adapter unmerged, as the original loaded it)
-    against this project's: adapter merged, batched greedy and rank scoring."""
+    against this project's batched greedy generation and its ranking (A/B with the previous ranking), and
+    lm-evaluation-harness ranking the same prompts."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -158,68 +297,121 @@ def part_eval(quick, bf16_eval=False, batch_size=64):
     import prompts
     import utils
 
-    model, tok = utils.load_base(MODEL)
-    model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj", "up_proj"],
-                                             task_type="CAUSAL_LM")).eval()
-    per_task = 10 if quick else 40
-    items = []
-    for name in EVAL_TASKS:
-        task = prompts.TASKS[name]
-        for fields, _ in prompts.load(task, os.path.join(ROOT, "sample_data"), task.eval_split, per_task):
-            items.append((task, utils.encode_prompt(tok, task, fields, 2048 - 20)))
+    model = utils.load_base(MODEL, utils.precision("auto", False, "generate"), utils.placement(0, False))
+    tok = utils.load_tokenizer(MODEL)
+    model = get_peft_model(model, LoraConfig(r=8, target_modules=MODULES, task_type="CAUSAL_LM")).eval()
+    items = eval_items(tok, 10 if quick else 40)
     n = len(items)
     res = {"prompts": n}
 
-    t = time.perf_counter()  # (a) the original's way
-    for task, ids in items:
-        with torch.no_grad():
-            model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                           do_sample=True, top_p=0.95, temperature=1e-3, max_new_tokens=20,
-                           pad_token_id=tok.pad_token_id)
-    res["original_examples_per_second"] = n / (time.perf_counter() - t)
+    def original():
+        for _, _, ids in items:
+            with torch.no_grad():
+                model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                               do_sample=True, top_p=0.95, temperature=1e-3, max_new_tokens=20,
+                               pad_token_id=tok.pad_token_id)
 
-    model = model.merge_and_unload()  # as the evaluation script does for a non-4-bit base
-    by_task = {}
-    for task, ids in items:
-        by_task.setdefault(task.name, (task, []))[1].append(ids)
+    res["original_s"], _ = timed(original)
+    model = model.merge_and_unload()  # as the evaluation script does for a 16-bit base
 
-    def run_all(m, scoring, bs):
-        args = argparse.Namespace(scoring=scoring, batch_size=bs, max_new_tokens=20)
-        t = time.perf_counter()
-        outs = {name: inference.predict(m, tok, task, ids, prompts.label_space(task), args)
-                for name, (task, ids) in by_task.items()}
-        return n / (time.perf_counter() - t), outs
+    def greedy(bs):
+        args = argparse.Namespace(batch_size=bs, max_new_tokens=20)
+        out = []
+        for name in EVAL_TASKS:
+            group = [(t, ids) for t, _, ids in items if t.name == name]
+            task = group[0][0]
+            out += inference.generate_task(model, tok, task, [ids for _, ids in group], prompts.choices(task), args)
+        return [raw for raw, _ in out]
 
-    def one_at_a_time(m):
-        """Greedy decoding of each prompt alone: the reference batched generation must equal."""
-        return {name: [inference.generate(m, tok, [one], 20)[0] for one in ids] for name, (task, ids) in by_task.items()}
-
-    def agreement(outs, ref):
-        return f"{sum(o[0] == r for name in ref for o, r in zip(outs[name], ref[name]))}/{n}"
-
-    res["generate_examples_per_second"], outs = run_all(model, "generate", batch_size)
-    res["generate32_examples_per_second"], outs32 = run_all(model, "generate", 32)
-    res["rank_examples_per_second"], _ = run_all(model, "rank", batch_size)
-    t = time.perf_counter()
-    ref = one_at_a_time(model)
-    res["greedy_one_at_a_time_examples_per_second"] = n / (time.perf_counter() - t)
-    res["batched_equals_one_at_a_time"] = agreement(outs, ref)
-    res["batched32_equals_one_at_a_time"] = agreement(outs32, ref)
-    if bf16_eval:  # about 3 more minutes, most of it the one-at-a-time bf16 reference
-        del ref, outs, outs32
-        bf16 = model.to(torch.bfloat16)
-        res["bf16_generate64_examples_per_second"], outs_bf16 = run_all(bf16, "generate", 64)
-        res["bf16_batched64_equals_one_at_a_time"] = agreement(outs_bf16, one_at_a_time(bf16))
+    res["generate_s"], batched = timed(lambda: greedy(batch_size))
+    res["one_at_a_time_s"], alone = timed(lambda: [inference.generate(model, tok, [ids], 20)[0] for _, _, ids in items])
+    res["generate_equal"] = same(batched, alone)
+    res["rank_previous_s"], previous = timed(lambda: rank_per_candidate(model, tok, items, batch_size))
+    res["rank_s"], ours = timed(lambda: rank_ours(model, tok, items, batch_size))
+    res["rank_equal_previous"] = same(ours, previous)
+    res["rank_label_only_s"], ours_label = timed(lambda: rank_ours(model, tok, items, batch_size, eos=False))
+    try:
+        res["lm_eval_s"], harness = timed(lambda: rank_lm_eval(model, tok, items, batch_size))
+        res["lm_eval_equal_label_only"] = same(ours_label, harness)
+        res["lm_eval_equal_label_eos"] = same(ours, harness)
+    except ImportError as e:
+        res["lm_eval_error"] = f"not installed ({e.name}): `make bench` installs bench/requirements.txt"
+    if utils.cpu_has_bf16_matmul() or torch.cuda.is_available():  # bf16 ranking against fp32, where bf16 is native
+        res["rank_bf16_s"], ours_bf16 = timed(lambda: rank_ours(model.to(torch.bfloat16), tok, items, batch_size))
+        res["rank_bf16_equal_fp32"] = same(ours_bf16, ours)
     res["peak_rss_mib"] = peak_rss_mib()
     return res
 
 
-def child(part, *extra):
-    cmd = [sys.executable, os.path.abspath(__file__), "--part", part, *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+def part_gpu(quick):
+    """On a GPU: a Llama-2-7B-shaped model with random weights (built from its configuration, no download),
+    trained with --bnb through the same code at the paper's per-device batch of 32 x 512 (halved until it
+    fits), with and without gradient checkpointing, next to the --dry_run estimate for the same run."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    import llama2_classification_multi_tasks as train
+    import memory
+    import utils
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no GPU"}
+    ceiling = part_matmul(quick, "cuda")
+    tok = AutoTokenizer.from_pretrained(MODEL)  # the embedded tokenizer: no download
+    config = LlamaConfig(**{**memory.LLAMA2_7B, "vocab_size": len(tok)})
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model.save_pretrained(folder)
+        del model
+        torch.cuda.empty_cache()
+        tok.save_pretrained(folder)
+        for checkpointing in (True, False):
+            batch = 32
+            while batch >= 1:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                try:
+                    train_mod, args, tk, blocks, prec, model = training_setup("auto", "all", True, folder, batch,
+                                                                              3 if quick else 4)
+                    args.gradient_checkpointing = checkpointing
+                    clock = clocked()
+                    with tempfile.TemporaryDirectory() as out:
+                        train_mod.fit(model, tk, blocks, args, out, None, prec, utils.this_placement(), [clock])
+                    break
+                except torch.OutOfMemoryError:
+                    model = None
+                    batch //= 2
+            steps = len(clock.stamps)
+            dt = (clock.stamps[-1] - clock.stamps[0]) / (steps - 1)
+            trainable, _ = model.get_nb_trainable_parameters()
+            estimate = memory.estimate(config, MODULES, 8, 0.1, prec, True, batch, SEQ, checkpointing, 1.0, trainable,
+                                       memory.weight_counts(utils.meta_model(config)))
+            rows.append({"checkpointing": checkpointing, "batch": batch, "tokens_per_second": batch * SEQ / dt,
+                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                         "estimate_gib": estimate["total"] / memory.GIB})
+            del model
+    return {"device": torch.cuda.get_device_name(), "bf16_ceiling": ceiling["bf16"], "rows": rows}
+
+
+def child(part, *extra, python=sys.executable):
+    cmd = [python, os.path.abspath(__file__), "--part", part, *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                                                  "HF_DATASETS_OFFLINE": "1"})
     if p.returncode != 0:
         return {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def loss_at(r, step=None):
+    """The loss logged at `step` (default: the run's last step)."""
+    step = r.get("steps") if step is None else step
+    return r.get("losses", {}).get(str(step), r.get("losses", {}).get(step))
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "–"
 
 
 def report(r, quick, flags=""):
@@ -228,89 +420,166 @@ def report(r, quick, flags=""):
     import torch
 
     mm = r["matmul"]
+    native = mm["bf16_native"]
     lines = ["# Benchmarks", "",
              f"Measured by `python bench/bench.py{flags}` on {time.strftime('%Y-%m-%d')}: "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-             f"{mm['threads']} threads; model SmolLM2-135M-Instruct (the embedded default).", "",
+             f"{mm['threads']} threads; model SmolLM2-135M-Instruct (the embedded default). Peers: "
+             f"{r.get('peers', 'not installed')}. Absolute numbers move by up to 2x between machines and days: read the "
+             "ratios, each measured within this one run.", "",
              "## Ceilings (matmul, median of repeats)", "",
-             "| dtype | square 2048 GFLOP/s (the ceiling) | 2048x576 @ 576x1536 (MLP shape) | 2048x576 @ 576x49152 (output layer) |",
-             "|---|---|---|---|",
-             *[f"| {d} | {mm[d] / 1e9:.1f} | {mm[d + '_mlp'] / 1e9:.1f} | {mm[d + '_head'] / 1e9:.1f} |" for d in ("fp32", "bf16")],
-             "",
-             "## Training (LoRA r=8 on q_proj v_proj up_proj, batch 4 x 512 tokens, the training script's own code)", "",
-             "FLOPs per token = 4 * N_linear + 12 * layers * seq * d_model (see bench/bench.py).", "",
-             "| mode | tokens/s | s/step | model GFLOP/s | utilisation of bf16 ceiling | of fp32 ceiling | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|"]
-    for mode in ("fp32", "bf16", "bnb"):
-        t = r["train"][mode]
-        if "error" in t:
-            lines.append(f"| {mode} | failed: {t['error']} | | | | | |")
+             "| dtype | square GFLOP/s (the ceiling) | 2048x576 @ 576x1536 (MLP shape) | 2048x576 @ 576x49152 (output layer) |",
+             "|---|---|---|---|"]
+    for d in ("fp32", "bf16"):
+        extra = (f"{mm[d + '_mlp'] / 1e9:.1f} | {mm[d + '_head'] / 1e9:.1f}" if d + "_mlp" in mm else
+                 "– | – (no native bf16 units: torch's bf16 matmul is a slow fallback here)")
+        lines.append(f"| {d} | {mm[d] / 1e9:.1f} (at {mm[d + '_size']}) | {extra} |")
+    t = r["train"]
+    dtype = t["ours_all"].get("dtype", "?")
+    ceiling = mm[dtype] if dtype in mm else mm["fp32"]
+    lines += ["", f"## Training (LoRA r=8 on q_proj v_proj up_proj, batch {BATCH} x {SEQ} tokens of the sample data, "
+                  f"{dtype} as `--dtype auto` picks here{'' if native else ': this CPU has no native bf16 units'})", "",
+              "FLOPs per token = 4 * N_linear + 12 * layers * seq * d_model, the output layer counted only at the "
+              f"positions whose loss counts (see bench/bench.py). Loss: the loss logged at the last step. The runs with "
+              "the loss on every token ran twice, interleaved (A B A B): their s/step is the mean of the two.", "",
+              f"| run | tokens/s | s/step | model GFLOP/s | of the {dtype} ceiling | loss at the last step | peak RSS MiB | "
+              "ratio |", "|---|---|---|---|---|---|---|---|"]
+    rows = [("previous: the model's own output layer and loss, `--loss_on all`", "previous_all", None),
+            ("this project: the loss's chunked output layer, `--loss_on all`", "ours_all", "previous_all"),
+            ("previous, `--loss_on completion`", "previous_completion", None),
+            ("this project, `--loss_on completion` (output layer at the counted positions only)", "ours_completion",
+             "previous_completion"),
+            ("this project, `--bnb` (4-bit base, gradient checkpointing on, as the original)", "ours_bnb", "ours_all"),
+            ("trl 1.16 SFTTrainer, packing 'wrapped', the same texts, LoRA, batch and steps", "trl", "ours_all")]
+    for label, key, against in rows:
+        x = t.get(key, {"error": "not run"})
+        if "error" in x:
+            lines.append(f"| {label} | failed: {x['error']} | | | | | | |")
             continue
-        lines.append(f"| {mode} | {t['tokens_per_second']:.0f} | {t['seconds_per_step']:.2f} | "
-                     f"{t['model_flops_per_second'] / 1e9:.1f} | {100 * t['model_flops_per_second'] / mm['bf16']:.1f}% | "
-                     f"{100 * t['model_flops_per_second'] / mm['fp32']:.1f}% | {t['peak_rss_mib']:.0f} |")
+        util = f"{100 * x['model_flops_per_second'] / ceiling:.1f}%" if "model_flops_per_second" in x else "–"
+        gflops = f"{x['model_flops_per_second'] / 1e9:.1f}" if "model_flops_per_second" in x else "–"
+        loss = loss_at(x)
+        versus = ("–" if against is None or "error" in t.get(against, {"error": 1}) else
+                  f"{ratio(x['tokens_per_second'], t[against]['tokens_per_second'])} of {against.replace('_', ' ')}")
+        if key == "trl":
+            versus = f"this project is {ratio(t['ours_all']['tokens_per_second'], x['tokens_per_second'])} trl"
+        runs = x.get("runs_seconds_per_step")
+        sps = f"{x['seconds_per_step']:.2f}" + (f" ({', '.join(f'{v:.2f}' for v in runs)})" if runs else "")
+        lines.append(f"| {label} | {x['tokens_per_second']:.0f} | {sps} | {gflops} | {util} | "
+                     f"{'–' if loss is None else f'{loss:.4f}'} | {x['peak_rss_mib']:.0f} | {versus} |")
+    for a, b in (("previous_all", "ours_all"), ("previous_completion", "ours_completion")):
+        la, lb = loss_at(t.get(a, {})), loss_at(t.get(b, {}))
+        if la is not None and lb is not None:
+            lines.append(f"\nLoss equality, `--loss_on {b.split('_')[1]}`: |{la:.6f} - {lb:.6f}| = {abs(la - lb):.1e} after "
+                         f"{t[b]['steps']} steps ({'within' if abs(la - lb) <= 1e-4 else 'NOT within'} 1e-4).")
     e = r["eval"]
     lines += ["", f"## Evaluation ({e.get('prompts', '?')} sample-data prompts of {', '.join(EVAL_TASKS)}; fp32; "
-                  "untrained LoRA on q,v,up; up to 20 new tokens)", ""]
+                  "untrained LoRA on q,v,up; up to 20 new tokens; batch 64)", ""]
     if "error" in e:
         lines.append(f"failed: {e['error']}")
     else:
-        a = e["original_examples_per_second"]
-        rows = [("(a) original: one at a time, do_sample, top_p 0.95, temperature 1e-3, adapter unmerged",
-                 a, "–"),
-                ("(b) batched greedy, merged adapter, batch 64 (the script's default)", e["generate_examples_per_second"],
-                 e["batched_equals_one_at_a_time"]),
-                ("(b) the same, batch 32", e["generate32_examples_per_second"], e["batched32_equals_one_at_a_time"]),
-                ("(c) rank scoring (`--scoring rank`), batch 64", e["rank_examples_per_second"], "–"),
-                ("one-at-a-time greedy (the reference for the last column)",
-                 e["greedy_one_at_a_time_examples_per_second"], "–")]
-        if "bf16_generate64_examples_per_second" in e:
-            rows.append(("(b) batched greedy in bf16 (`--dtype bf16`), batch 64", e["bf16_generate64_examples_per_second"],
-                         e["bf16_batched64_equals_one_at_a_time"] + " (against one-at-a-time bf16)"))
-        lines += ["| way | examples/s | ratio to (a) | equal to one-at-a-time greedy |", "|---|---|---|---|"]
-        lines += [f"| {w} | {x:.2f} | {x / a:.1f} | {same} |" for w, x, same in rows]
-        lines += ["", f"Peak RSS {e['peak_rss_mib']:.0f} MiB. The batches are per task (40 prompts a task here), so a "
-                      "batch of 64 is one batch a task."]
+        n = e["prompts"]
+        a = n / e["original_s"]
+        ways = [("(a) the original: one at a time, do_sample, top_p 0.95, temperature 1e-3, adapter unmerged",
+                 e["original_s"], "–"),
+                ("(b) batched greedy generation, merged adapter (the script's default)", e["generate_s"],
+                 f"{e['generate_equal']} equal to one-at-a-time greedy"),
+                ("one-at-a-time greedy (the reference for (b))", e["one_at_a_time_s"], "–"),
+                ("(c0) previous ranking: every candidate its own sequence, task by task", e["rank_previous_s"], "–"),
+                ("(c) `--scoring rank`: each prompt once, its candidates packed after it, tasks batched together; "
+                 "label + EOS", e["rank_s"], f"{e['rank_equal_previous']} argmax equal to (c0)"),
+                ("(c) the same, label alone (no EOS: lm-evaluation-harness's definition)", e["rank_label_only_s"], "–")]
+        if "lm_eval_s" in e:
+            ways.append(("lm-evaluation-harness 0.4.13, HF backend, the same model object, a local multiple_choice "
+                         "task (label alone)", e["lm_eval_s"], f"{e['lm_eval_equal_label_only']} argmax equal to (c) "
+                         f"label alone; {e['lm_eval_equal_label_eos']} to (c) label + EOS"))
+        if "rank_bf16_s" in e:
+            ways.append(("(c) in bf16", e["rank_bf16_s"], f"{e['rank_bf16_equal_fp32']} argmax equal to (c) in fp32"))
+        lines += ["| way | examples/s | ratio to (a) | predictions |", "|---|---|---|---|"]
+        lines += [f"| {w} | {n / s:.2f} | {n / s / a:.1f} | {same_} |" for w, s, same_ in ways]
+        lines.append("")
+        if "lm_eval_s" in e:
+            lines.append(f"Ranking, like with like (label alone): this project "
+                         f"{ratio(e['lm_eval_s'], e['rank_label_only_s'])} lm-evaluation-harness's examples/s; "
+                         f"with EOS (the script's definition) {ratio(e['lm_eval_s'], e['rank_s'])}.")
+        else:
+            lines.append(f"lm-evaluation-harness: {e.get('lm_eval_error', 'not run')}.")
+        lines.append(f"Ranking, this project's A/B: {ratio(e['rank_previous_s'], e['rank_s'])} the previous ranking's "
+                     f"examples/s. bf16 ranking: "
+                     + ("measured above." if "rank_bf16_s" in e else "not measured (no native bf16 units here); "
+                        "`--dtype auto` keeps ranking in fp32 on a CPU.") + f" Peak RSS {e['peak_rss_mib']:.0f} MiB.")
     lines += ["", "## GPU", "", r["gpu"]]
     return "\n".join(lines) + "\n"
+
+
+def gpu_text(g):
+    if "error" in g:
+        return f"failed: {g['error']}"
+    rows = ["| gradient checkpointing | batch x 512 | tokens/s | peak GPU memory GiB | --dry_run estimate GiB |",
+            "|---|---|---|---|---|"]
+    rows += [f"| {'on' if x['checkpointing'] else 'off'} | {x['batch']} | {x['tokens_per_second']:.0f} | "
+             f"{x['peak_gib']:.1f} | {x['estimate_gib']:.1f} |" for x in g["rows"]]
+    return (f"{g['device']}: a Llama-2-7B-shaped model (random weights; the embedded tokenizer's vocabulary), `--bnb`, "
+            f"LoRA q,v,up; bf16 matmul ceiling {g['bf16_ceiling'] / 1e12:.0f} TFLOP/s.\n\n" + "\n".join(rows))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--bf16_eval", action="store_true", help="also time bf16 batched evaluation and its agreement")
-    p.add_argument("--part", choices=["matmul", "train", "eval", "gpu"], help=argparse.SUPPRESS)
-    p.add_argument("--mode", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--part", choices=["matmul", "train", "trl", "eval", "gpu"], help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="auto", help=argparse.SUPPRESS)
+    p.add_argument("--loss_on", default="all", help=argparse.SUPPRESS)
+    p.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
+    p.add_argument("--bnb", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     a = p.parse_args()
     if a.part:
-        res = {"matmul": lambda: part_matmul(a.quick), "train": lambda: part_train(a.mode, a.quick),
-               "eval": lambda: part_eval(a.quick, a.bf16_eval), "gpu": lambda: part_gpu(a.quick)}[a.part]()
+        res = {"matmul": lambda: part_matmul(a.quick), "train": lambda: part_train(a.dtype, a.loss_on, a.impl, a.quick, a.bnb),
+               "trl": lambda: part_trl(a.dtype, a.quick), "eval": lambda: part_eval(a.quick),
+               "gpu": lambda: part_gpu(a.quick)}[a.part]()
         print(json.dumps(res))
         return
+    import importlib.metadata as md
+
     import torch
 
     q = ["--quick"] if a.quick else []
-    r = {"matmul": child("matmul", *q)}
+    r = {"matmul": child("matmul", *q), "train": {}}
+    try:
+        r["peers"] = f"trl {md.version('trl')}, lm-eval {md.version('lm-eval')}"
+    except md.PackageNotFoundError:
+        r["peers"] = "not installed (`make bench` installs bench/requirements.txt)"
     print(f"matmul: {r['matmul']}", flush=True)
-    r["train"] = {}
-    for mode in ("fp32", "bf16", "bnb"):
-        r["train"][mode] = child("train", "--mode", mode, *q)
-        print(f"train {mode}: {r['train'][mode]}", flush=True)
-    r["eval"] = child("eval", *q, *(["--bf16_eval"] if a.bf16_eval else []))
+    # A/B, interleaved: with the loss on every token the two differ little, so that pair runs twice (A B A B)
+    for loss_on, repeats in (("all", 2), ("completion", 1)):
+        for rep in range(repeats):
+            for impl in ("previous", "ours"):
+                res = child("train", "--loss_on", loss_on, "--impl", impl, *q)
+                print(f"train {impl} {loss_on} ({rep + 1}): {res}", flush=True)
+                key = f"{impl}_{loss_on}"
+                if key in r["train"] and "error" not in res and "error" not in r["train"][key]:
+                    first = r["train"][key]
+                    res["runs_seconds_per_step"] = [first["seconds_per_step"], res["seconds_per_step"]]
+                    res["seconds_per_step"] = sum(res["runs_seconds_per_step"]) / 2
+                    res["tokens_per_second"] = BATCH * SEQ / res["seconds_per_step"]
+                    res["model_flops_per_second"] = res["flops_per_token"] * res["tokens_per_second"]
+                    res["losses"] = first["losses"]
+                r["train"][key] = res
+    r["train"]["ours_bnb"] = child("train", "--bnb", *q)
+    print(f"train bnb: {r['train']['ours_bnb']}", flush=True)
+    r["train"]["trl"] = child("trl", *q)
+    print(f"trl: {r['train']['trl']}", flush=True)
+    r["eval"] = child("eval", *q)
     print(f"eval: {r['eval']}", flush=True)
     if torch.cuda.is_available():
         g = child("gpu", *q)
         print(f"gpu: {g}", flush=True)
-        r["gpu"] = (f"failed: {g['error']}" if "error" in g else
-                    f"{g['device']}: Llama-2-7B-shaped model (random weights; vocabulary 49,152 to fit the embedded tokenizer), --bnb, LoRA q,v,up, batch 8 x 512: "
-                    f"{g['tokens_per_second']:.0f} tokens/s, {g['model_flops_per_second'] / 1e12:.1f} model TFLOP/s = "
-                    f"{100 * g['utilisation']:.1f}% of a bf16 matmul measured there ({g['bf16_ceiling'] / 1e12:.0f} "
-                    f"TFLOP/s); peak GPU memory {g['peak_gpu_mib'] / 1024:.1f} GiB.")
+        r["gpu"] = gpu_text(g)
     else:
-        r["gpu"] = ("No GPU on this machine: the Llama-2-7B-shaped 4-bit measurement (`part_gpu` in bench/bench.py) "
-                    "runs by itself when `make bench` finds one, and waits until then.")
-    text = report(r, a.quick, "".join(f" --{f}" for f in ("quick", "bf16_eval") if getattr(a, f)))
+        r["gpu"] = ("No GPU on this machine: the Llama-2-7B-shaped 4-bit measurement at the paper's per-device batch, "
+                    "with and without gradient checkpointing next to the `--dry_run` estimate (`part_gpu` in "
+                    "bench/bench.py), runs by itself when `make bench` finds a GPU, and waits until then.")
+    text = report(r, a.quick, " --quick" if a.quick else "")
     from utils import atomic_write
 
     atomic_write(a.out, text)

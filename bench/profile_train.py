@@ -1,6 +1,10 @@
 """Where one LoRA training step's time goes (torch.profiler, CPU): the profile behind BENCHMARKS.md.
 
-    python bench/profile_train.py [--dtype bf16|fp32] [--steps 2]
+The step is the training script's: its blocks, its precision, LoRA as add_lora sets it up, and its loss
+(the output layer applied in chunks where the loss counts); --impl previous profiles the model's own output
+layer and loss instead.
+
+    python bench/profile_train.py [--dtype auto|bf16|fp32] [--loss_on all|completion] [--impl ours|previous]
 """
 
 import argparse
@@ -15,27 +19,30 @@ sys.path.insert(0, HERE)
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--loss_on", default="all", choices=["all", "completion"])
+    p.add_argument("--impl", default="ours", choices=["ours", "previous"])
     p.add_argument("--rows", type=int, default=25)
     a = p.parse_args()
     import torch
     from torch.profiler import ProfilerActivity, profile
+    from transformers import default_data_collator
 
-    import llama2_classification_multi_tasks as train
-    import utils
-    from bench import MODEL
+    from bench import training_setup
 
-    args = train.parse_args(["--pretrained_ckpt", MODEL, "--target_modules", "q_proj", "v_proj", "up_proj",
-                             "--dtype", a.dtype, "--tasks", "CB"])
-    model, tok = utils.load_base(MODEL, False, a.dtype)
-    model = train.add_lora(model, args)
+    train, args, tok, blocks, prec, model = training_setup(a.dtype, a.loss_on)
     model.train()
+    batch = default_data_collator(blocks[:4])
+    loss_fn, restore = train.output_layer_in_the_loss(model) if a.impl == "ours" else (None, lambda: None)
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
-    x = torch.randint(0, 49152, (4, 512))
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16"):
-            loss = model(input_ids=x, labels=x).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec.autocast):
+            if loss_fn is None:
+                loss = model(**batch).loss
+            else:
+                loss = loss_fn(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]),
+                               batch["labels"])
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -44,7 +51,8 @@ def main():
     t = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
-    print(f"one step: {time.perf_counter() - t:.2f} s (profiled)")
+    restore()
+    print(f"one step ({prec.why}, loss on {a.loss_on}, {a.impl}): {time.perf_counter() - t:.2f} s (profiled)")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
 
 
