@@ -239,7 +239,7 @@ def add_lora(model, args, prec):
     if args.bnb:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable({"use_reentrant": False})
     config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.dropout, bias="none",
                         task_type="CAUSAL_LM", target_modules=args.target_modules)
     model = get_peft_model(model, config)
