@@ -49,8 +49,21 @@ def parse_args(argv=None):
     own, rest = p.parse_known_args(argv)
     if any(a == "--seed" or a.startswith("--seed=") for a in rest):
         raise UserError("study.py takes --seeds (one or more), not --seed")
-    train.parse_args(SMALL_STUDY + rest)  # a flag the training script does not know fails here, before any run
-    return own, SMALL_STUDY + rest
+    given = {a.split("=")[0] for a in rest if a.startswith("--")}
+    recipe = [arg for flag, values in flags(SMALL_STUDY) if flag not in given for arg in (flag, *values)]
+    train.parse_args(recipe + rest)  # a flag the training script does not know fails here, before any run
+    return own, recipe + rest
+
+
+def flags(argv):
+    """[(flag, [its values])] of an argument list made of --flag value... groups."""
+    groups = []
+    for arg in argv:
+        if arg.startswith("--"):
+            groups.append((arg, []))
+        else:
+            groups[-1][1].append(arg)
+    return groups
 
 
 def run(script, args):

@@ -73,6 +73,7 @@ def test_training_flags_pass_through_and_the_small_recipe_can_be_overridden(tmp_
     assert (parsed.lora_r, parsed.learning_rate, parsed.gradient_checkpointing, parsed.seed) == (4, 1e-4, True, 3)
     assert parsed.loss_on == "completion" and parsed.epochs == 3  # the small study's recipe where not overridden
     assert parsed.target_modules == ["q_proj", "v_proj", "up_proj"]
+    assert targs.count("--learning_rate") == 1 and "2e-3" not in targs  # a flag given replaces the recipe's
 
 
 def test_unknown_flags_and_tasks_are_one_line_errors():
