@@ -94,6 +94,7 @@ class OutOfMemoryAbove:
         return torch.cat([input_ids, answer.expand(len(input_ids), -1)], dim=1)
 
 
+@pytest.mark.timeout(60)  # a batch that never shrinks would retry forever
 def test_out_of_memory_halves_the_batch_and_books_what_fails_alone():
     tok = utils.load_tokenizer(MODEL)
     prompt_ids = [[5] * n for n in range(3, 13)]  # 10 prompts of 3..12 tokens

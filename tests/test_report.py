@@ -164,6 +164,16 @@ def test_seed_interval_bootstrap_covers_the_mean_and_is_reproducible(tmp_path):
     assert get_eval_tasks.seed_interval(runs, "CB") == [lo, hi]
 
 
+def test_seed_interval_carries_the_spread_between_seeds(tmp_path):
+    """Two seeds at 20% and 80% on the same 100 examples: drawing the seeds too, a quarter of the replicates
+    hold seed 1 twice (about 20%) and a quarter seed 2 twice (about 80%), so the interval spans most of
+    [20, 80]; drawing the examples alone would give about 50 +- 7."""
+    runs = [get_eval_tasks.Run(f"r{s}", fake_run(str(tmp_path), "CB", f"r{s}", lora(["q_proj"], 1, s), {"CB": flags}),
+                               {}, {}, s) for s, flags in ((1, [True] * 20 + [False] * 80), (2, [True] * 80 + [False] * 20))]
+    lo, hi = get_eval_tasks.seed_interval(runs, "CB")
+    assert lo < 0.3 and hi > 0.7
+
+
 def test_a_tree_written_by_the_original_is_aggregated(tmp_path):
     """The original's layout: list reprs in both folder names, no experiment.json, metrics with its six keys."""
     root = str(tmp_path)

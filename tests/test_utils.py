@@ -263,6 +263,19 @@ def test_precision_on_a_cpu(dtype, bnb, purpose, cpu_bf16, expected):
     assert (p.dtype, p.autocast) == expected and p.bnb == bnb and not p.tf32 and p.why
 
 
+@pytest.mark.parametrize("caps,native", [({"amx_bf16": True, "avx512_bf16": True}, True), ({"bf16": True}, True),
+                                          ({"avx2": True, "avx512_bf16": True}, False), ({}, False)])
+def test_native_bf16_is_read_from_the_cpus_capabilities(monkeypatch, caps, native):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CPU's rules")
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert utils.cpu_has_bf16_matmul() is native
+    assert utils.precision("auto", False, "train").dtype == ("bf16" if native else "fp32")  # what auto then picks
+    assert utils.precision("auto", False, "generate").dtype == "fp32"
+
+
 def test_precision_planned_for_a_gpu():
     p = utils.precision("auto", True, "train", device="gpu")
     assert (p.dtype, p.bnb, p.autocast, p.tf32) == ("bf16", True, True, True)  # the original's bf16 + tf32
