@@ -89,8 +89,9 @@ def linear_params(config):
     return total, model.get_output_embeddings().weight.numel()
 
 
-def training_setup(dtype, loss_on, bnb=False, model_path=MODEL, batch=BATCH, steps=STEPS):
-    """The training script's own pieces for a benchmark run: args, blocks, precision and the model with LoRA."""
+def training_setup(dtype, loss_on, bnb=False, model_path=MODEL, batch=BATCH, steps=STEPS, checkpointing=None):
+    """The training script's own pieces for a benchmark run: args, blocks, precision and the model with LoRA
+    (gradient checkpointing as the script's default unless `checkpointing` says)."""
     from transformers import set_seed
 
     import llama2_classification_multi_tasks as train
@@ -100,14 +101,14 @@ def training_setup(dtype, loss_on, bnb=False, model_path=MODEL, batch=BATCH, ste
     argv = ["--pretrained_ckpt", model_path, "--data_root", SAMPLE, "--tasks", *TRAIN_TASKS, "--target_modules",
             *MODULES, "--max_seq_length", str(SEQ), "--per_device_train_batch_size", str(batch),
             "--gradient_accumulation_steps", "1", "--max_steps", str(steps), "--logging_steps", "1",
-            "--save_steps", "100000", "--dtype", dtype, "--loss_on", loss_on, *(["--bnb"] if bnb else [])]
+            "--save_steps", "100000", "--dtype", dtype, "--loss_on", loss_on, *(["--bnb"] if bnb else []),
+            *([] if checkpointing is None else ["--gradient_checkpointing" if checkpointing else "--no-gradient_checkpointing"])]
     args = train.parse_args(argv)
     per_task, _ = train.load_training_examples(train.check_args(args), args)
     prec = utils.precision(args.dtype, args.bnb, "train")
     tok = utils.load_tokenizer(model_path)
     blocks = train.training_blocks(per_task, tok, args)
-    model = train.add_lora(utils.load_base(model_path, prec, utils.placement(0, False) if not bnb else
-                                           utils.this_placement()), args, prec)
+    model = train.add_lora(utils.load_base(model_path, prec, utils.this_placement()), args, prec)
     return train, args, tok, blocks, prec, model
 
 
@@ -346,11 +347,10 @@ def part_eval(quick, batch_size=64):
 def part_gpu(quick):
     """On a GPU: a Llama-2-7B-shaped model with random weights (built from its configuration, no download),
     trained with --bnb through the same code at the paper's per-device batch of 32 x 512 (halved until it
-    fits), with and without gradient checkpointing, next to the --dry_run estimate for the same run."""
+    fits), with and without gradient checkpointing, next to the --dry_run estimate of the same run."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    import llama2_classification_multi_tasks as train
     import memory
     import utils
 
@@ -368,30 +368,26 @@ def part_gpu(quick):
         torch.cuda.empty_cache()
         tok.save_pretrained(folder)
         for checkpointing in (True, False):
-            batch = 32
-            while batch >= 1:
+            batch, row = 32, None
+            while batch >= 1 and row is None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 try:
-                    train_mod, args, tk, blocks, prec, model = training_setup("auto", "all", True, folder, batch,
-                                                                              3 if quick else 4)
-                    args.gradient_checkpointing = checkpointing
+                    train, args, tk, blocks, prec, model = training_setup("auto", "all", True, folder, batch,
+                                                                          3 if quick else 4, checkpointing)
                     clock = clocked()
                     with tempfile.TemporaryDirectory() as out:
-                        train_mod.fit(model, tk, blocks, args, out, None, prec, utils.this_placement(), [clock])
-                    break
+                        train.fit(model, tk, blocks, args, out, None, prec, utils.this_placement(), [clock])
+                        plan = train.plan(args, out, config, {}, blocks, prec, utils.this_placement(), True)
+                    dt = (clock.stamps[-1] - clock.stamps[0]) / (len(clock.stamps) - 1)
+                    row = {"checkpointing": checkpointing, "batch": batch, "tokens_per_second": batch * SEQ / dt,
+                           "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+                           "estimate_gib": plan["memory_estimate_bytes"]["total"] / memory.GIB}
                 except torch.OutOfMemoryError:
-                    model = None
                     batch //= 2
-            steps = len(clock.stamps)
-            dt = (clock.stamps[-1] - clock.stamps[0]) / (steps - 1)
-            trainable, _ = model.get_nb_trainable_parameters()
-            estimate = memory.estimate(config, MODULES, 8, 0.1, prec, True, batch, SEQ, checkpointing, 1.0, trainable,
-                                       memory.weight_counts(utils.meta_model(config)))
-            rows.append({"checkpointing": checkpointing, "batch": batch, "tokens_per_second": batch * SEQ / dt,
-                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-                         "estimate_gib": estimate["total"] / memory.GIB})
-            del model
+                finally:
+                    model = None
+            rows.append(row or {"checkpointing": checkpointing, "batch": 0, "error": "out of memory at batch 1"})
     return {"device": torch.cuda.get_device_name(), "bf16_ceiling": ceiling["bf16"], "rows": rows}
 
 
@@ -517,8 +513,9 @@ def gpu_text(g):
         return f"failed: {g['error']}"
     rows = ["| gradient checkpointing | batch x 512 | tokens/s | peak GPU memory GiB | --dry_run estimate GiB |",
             "|---|---|---|---|---|"]
-    rows += [f"| {'on' if x['checkpointing'] else 'off'} | {x['batch']} | {x['tokens_per_second']:.0f} | "
-             f"{x['peak_gib']:.1f} | {x['estimate_gib']:.1f} |" for x in g["rows"]]
+    rows += [f"| {'on' if x['checkpointing'] else 'off'} | {x['batch']} | " + (
+             f"{x['tokens_per_second']:.0f} | {x['peak_gib']:.1f} | {x['estimate_gib']:.1f} |" if "error" not in x
+             else f"{x['error']} | | |") for x in g["rows"]]
     return (f"{g['device']}: a Llama-2-7B-shaped model (random weights; the embedded tokenizer's vocabulary), `--bnb`, "
             f"LoRA q,v,up; bf16 matmul ceiling {g['bf16_ceiling'] / 1e12:.0f} TFLOP/s.\n\n" + "\n".join(rows))
 
