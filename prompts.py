@@ -2,25 +2,31 @@
 
 A task is one row of TASKS: where its rows come from, how a row becomes the template's fields, its label and
 its gold answers, the template itself (exact to the paper's code, spacing included) and its evaluation split.
-One code path turns any task's rows into training texts and inference prompts.
+One code path turns any task's rows into training texts and inference prompts. Where the rows are looked for,
+and how a faulty file is told in one line, is datafiles.py's; cleaning them by the task's rules is here.
 
-Pure Python (+ `datasets` only when a `disk_datasets` folder, a csv/parquet file or the hub is read):
-no torch, no model, so the prompt tests run in milliseconds.
+Pure Python: no torch, no model, so the prompt tests run in milliseconds.
 """
 
-import json
-import os
+import decimal
+import difflib
+import math
+import numbers
 import random
+import re
 import string
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from common import UserError, hub_reachable
+from common import UserError
+from datafiles import RowError, describe, kind_of, needs, parsed, read_rows, reasons
 
 
 # ----------------------------------------------------------------------------------------------------
 # Field getters: how a template field is read from a row. A missing column raises KeyError (turned into
-# a UserError naming the file and row); a missing option is an empty string, as in the original.
+# a UserError naming the file and row); a missing option is an empty string, as in the original. A list or
+# object column given as text (a csv cell holding '["a", "b"]') is parsed; a value of the wrong shape is a
+# RowError.
 
 
 def column(name):
@@ -29,18 +35,36 @@ def column(name):
 
 def option(col, i, key=None):
     def get(row):
-        values = row[col] if key is None else row[col][key]
+        values = parsed(row[col])
+        if key is not None:
+            if isinstance(values, (list, tuple)) and all(isinstance(v, dict) and key in v for v in values):
+                values = [v[key] for v in values]  # [{"label": "A", "text": ...}, ...]: the records form
+            elif isinstance(values, dict) and key in values:
+                values = parsed(values[key])
+            else:
+                raise RowError(f"column {col!r} is {kind_of(values)} without {key!r} (it needs the form "
+                               f"{{{key!r}: [...], ...}})")
+        if not isinstance(values, (list, tuple)):
+            raise RowError(f"column {col!r} is {kind_of(values)}, not a list of options")
         return values[i] if i < len(values) else ""
     return get
 
 
 def all_answers(row):
     """Every gold answer text of a QA row: SQuAD's {"text": [...]}, NewsQA's list of strings, or one string.
-    Empty for an unanswerable question (SQuAD v2)."""
+    Empty for an unanswerable question (SQuAD v2). A csv cell spelling a list or {"text": [...]} is parsed."""
     answers = row["answers"] if "answers" in row else row["answer"]
+    value = parsed(answers)
+    if isinstance(value, (list, tuple)) or (isinstance(value, dict) and "text" in value):
+        answers = value
     if isinstance(answers, dict):
-        answers = answers["text"]
-    if isinstance(answers, str):
+        if "text" not in answers:
+            raise RowError("column 'answers' is an object without 'text' (it needs the form "
+                           '{"text": [...], "answer_start": [...]})')
+        answers = parsed(answers["text"])
+    if answers is None:
+        return ()
+    if not isinstance(answers, (list, tuple)):
         answers = [answers]
     return tuple(str(a) for a in answers if a is not None and str(a) != "")
 
@@ -54,9 +78,18 @@ def first_answer(row):
 def hotpot_context(row):
     """HotpotQA's context is {"title": [...], "sentences": [[...], ...]}: flattened to one text."""
     ctx = row["context"]
-    if isinstance(ctx, str):
+    value = parsed(ctx)
+    if isinstance(value, dict):
+        ctx = value
+    if ctx is None or isinstance(ctx, str):
         return ctx
-    return " ".join(f"{title}: {''.join(sents).strip()}" for title, sents in zip(ctx["title"], ctx["sentences"]))
+    if not (isinstance(ctx, dict) and "title" in ctx and "sentences" in ctx):
+        raise RowError(f"column 'context' is {kind_of(ctx)}, neither a text nor {{\"title\": [...], \"sentences\": "
+                       f"[[...], ...]}}")
+    try:
+        return " ".join(f"{title}: {''.join(sents).strip()}" for title, sents in zip(ctx["title"], ctx["sentences"]))
+    except TypeError as e:
+        raise RowError(f"column 'context' has sentences that are not lists of texts ({e})") from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -86,6 +119,7 @@ class Task:
     strings_only: bool = False  # drop rows whose fields or label are not strings (the original's 20NG rule)
     source_columns: tuple = field(default=())  # columns every row must have (checked, named in errors)
     answers: object = None  # QA: getter(row) -> every gold answer (scored as the maximum over them)
+    answer_columns: tuple = ()  # QA: every row must have one of these columns (the gold answers)
 
     @property
     def closed(self):
@@ -120,7 +154,8 @@ def _race(level):
 
 def _qa(name, hub, context=column("context")):
     return Task(name, name, hub, QA, {"context": context, "question": column("question")}, first_answer,
-                kind="qa", long_field="context", source_columns=("context", "question"), answers=all_answers)
+                kind="qa", long_field="context", source_columns=("context", "question"), answers=all_answers,
+                answer_columns=("answers", "answer"))
 
 
 ENTAIL2 = {0: "entailment", 1: "not_entailment"}
@@ -166,126 +201,156 @@ TASKS = {t.name: t for t in [
 ]}
 
 
+def _suggest(name):
+    """The task `name` most likely means: one differing only in case (certain), else a close spelling, else None."""
+    by_case = {n.lower(): n for n in TASKS}
+    if name.lower() in by_case:
+        return by_case[name.lower()], True
+    close = difflib.get_close_matches(name.lower(), list(by_case), n=1, cutoff=0.75)
+    return (by_case[close[0]], False) if close else (None, False)
+
+
 def check_tasks(names):
-    """Fail with the list of known tasks when a name is unknown or none is given."""
+    """The Tasks named, or one error: an unknown name (with the task it most likely means: `cb` -> 'CB'), tasks
+    joined by commas or spaces in one word (they are separate words), a task named twice, or none."""
+    known = " ".join(TASKS)
     if not names:
-        raise UserError(f"no task given; choose from: {' '.join(TASKS)}")
+        raise UserError(f"no task given; choose from: {known}")
     for name in names:
-        if name not in TASKS:
-            raise UserError(f"unknown task {name!r}; choose from: {' '.join(TASKS)}")
+        if name in TASKS:
+            continue
+        parts = [p for p in re.split(r"[,\s]+", name) if p]
+        if len(parts) > 1:
+            fixed = [p if p in TASKS else (_suggest(p)[0] or p) for p in parts]
+            how = "commas" if "," in name else "spaces inside one quoted word"
+            raise UserError(f"unknown task {name!r}: tasks are separate words, not joined by {how} "
+                            f"(--tasks {' '.join(fixed)}); choose from: {known}")
+        guess, certain = _suggest(name)
+        if guess and certain:  # task names are case-sensitive
+            raise UserError(f"unknown task {name!r} (did you mean {guess!r}?); choose from: {known}")
+        raise UserError(f"unknown task {name!r}; choose from: {known}" + (f" (did you mean {guess!r}?)" if guess else ""))
     if len(set(names)) != len(names):
         raise UserError(f"a task is named twice in --tasks {' '.join(names)}")
     return [TASKS[n] for n in names]
 
 
-# ----------------------------------------------------------------------------------------------------
-# Loading rows: {data_root}/disk_datasets/<original name>, then {data_root}/<task>/<split>.<ext>, then the hub.
-
-FILE_TYPES = ("jsonl", "json", "csv", "parquet")
-
-
-def _read_file(path):
-    ext = path.rsplit(".", 1)[-1]
-    if ext == "jsonl":
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    if ext == "json":
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return data if isinstance(data, list) else [dict(zip(data, vals)) for vals in zip(*data.values())]
-    import datasets  # csv and parquet keep their column types through datasets
-
-    loader = datasets.Dataset.from_csv if ext == "csv" else datasets.Dataset.from_parquet
-    return list(loader(path))
-
-
-def load_rows(task, data_root, split):
-    """Raw rows of one split of a task, and where they came from: {"source": "disk_datasets" | "file" | "hub",
-    "path" or "hub_id"/"config", "split"}."""
-    tried = []
-    if data_root:
-        disk = os.path.join(data_root, "disk_datasets", task.disk_name)
-        if os.path.isdir(disk):
-            import datasets
-
-            dd = datasets.load_from_disk(disk)
-            if isinstance(dd, datasets.DatasetDict):
-                if split not in dd:
-                    raise UserError(f"{disk} has no split {split!r} (it has: {', '.join(dd)})")
-                dd = dd[split]
-            return list(dd), {"source": "disk_datasets", "path": disk, "split": split}
-        tried.append(f"{disk} (no such folder)")
-        for ext in FILE_TYPES:
-            path = os.path.join(data_root, task.name, f"{split}.{ext}")
-            if os.path.isfile(path):
-                return _read_file(path), {"source": "file", "path": path, "split": split}
-        tried.append(os.path.join(data_root, task.name, f"{split}.{{{','.join(FILE_TYPES)}}}") + " (no such file)")
-    hub_id, config = task.hub
-    if hub_reachable():
-        import datasets
-
-        print(f"{task.name}: downloading {hub_id}{f' ({config})' if config else ''} split {split!r} from the hub",
-              flush=True)
-        try:
-            rows = list(datasets.load_dataset(hub_id, config, split=split))
-        except Exception as e:  # noqa: BLE001 - any hub failure becomes the one error below
-            tried.append(f"hub {hub_id} ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+def _label_key(task, raw):
+    """The label_map key a raw label value means. Accepted: an integer; a whole float (1.0, as float columns of
+    csv/parquet give it); a text holding an integer or a whole number (" 1", "1.0": csv); a text equal, ignoring
+    case and spaces, to one of the task's label texts ("entailment"); true/false only where the map says so
+    (boolq: true -> "true"). Anything else (null, NaN, 1.5, "yes", a list, an object) is a RowError."""
+    allowed = sorted(task.label_map)
+    texts = list(dict.fromkeys(task.label_map.values()))
+    if isinstance(raw, bool):
+        if task.label_map.get(int(raw)) == str(raw).lower():
+            return int(raw)
+        raise RowError(f"label {raw!r} is true/false; task {task.name} needs one of {allowed}")
+    if isinstance(raw, numbers.Integral):
+        key = int(raw)
+    elif isinstance(raw, (numbers.Real, decimal.Decimal)):
+        if math.isnan(raw):
+            raise RowError(f"label is empty (NaN); task {task.name} needs one of {allowed}")
+        if not float(raw).is_integer():
+            raise RowError(f"label {raw!r} is not a whole number; task {task.name} needs one of {allowed}")
+        key = int(raw)
+    elif isinstance(raw, str):
+        text = raw.strip()
+        by_text = {v.lower(): k for k, v in task.label_map.items()}
+        if not text:
+            raise RowError(f"label is empty; task {task.name} needs one of {allowed}")
+        if re.fullmatch(r"[+-]?\d+", text):
+            key = int(text)
+        elif re.fullmatch(r"[+-]?\d+\.0*", text):
+            key = int(float(text))
+        elif text.lower() in by_text:
+            key = by_text[text.lower()]
         else:
-            return rows, {"source": "hub", "hub_id": hub_id, "config": config, "split": split}
+            raise RowError(f"label {raw!r} is not one of {allowed} for task {task.name} (nor one of its label texts: "
+                           f"{', '.join(texts)})")
+    elif raw is None:
+        raise RowError(f"label is empty (null); task {task.name} needs one of {allowed}")
     else:
-        tried.append(f"hub {hub_id} (offline or unreachable)")
-    raise UserError(f"no data for task {task.name!r} split {split!r}; tried: {'; '.join(tried)}. "
-                    f"Put the rows in {task.name}/{split}.jsonl under --data_root (or a disk_datasets/ folder)")
+        raise RowError(f"label {raw!r} is {kind_of(raw)}, not one value; task {task.name} needs one of {allowed}")
+    if key not in task.label_map:
+        raise RowError(f"label {raw!r} is not one of {allowed} for task {task.name}")
+    return key
 
 
-def describe(source):
-    """'sample_data/CB/train.jsonl' or 'hub aps/super_glue (cb) [train]': where rows came from, in words."""
-    if source["source"] == "hub":
-        return f"hub {source['hub_id']}" + (f" ({source['config']})" if source["config"] else "") + f" [{source['split']}]"
-    return source["path"] + (f" [{source['split']}]" if source["source"] == "disk_datasets" else "")
+def clean_counted(task, rows, where, lines=None):
+    """(examples, dropped): an Example for each usable row, and {reason: count} of the rows the task's documented
+    cleaning rules dropped: 20_Newsgroups_Fixed drops rows whose text or label is not a string ('text not a
+    string', 'label not a string'); race and commonsense_qa drop answers outside their label set ('answer not
+    one of A, B, C, D'); QA tasks drop unanswerable rows ('no answer (unanswerable)'). Any other fault (a missing
+    column, a label of the wrong type or value, a list column of the wrong shape) is one UserError naming `where`,
+    the row (from 0) and, when `lines` gives them, the row's line in the file (from 1). No row left is an error
+    saying the split is empty or why every row was dropped."""
+    out, dropped = [], {}
 
+    def fail(i, cause):
+        at = f" (line {lines[i]} of the file)" if lines else ""
+        raise UserError(f"{where} row {i}: {cause}{at}")
 
-def clean(task, rows, where):
-    """An Example for each usable row. The task's documented cleaning rules drop rows; a missing column or an
-    unknown label value is an error naming `where` (the source) and the row."""
-    out = []
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            fail(i, f"is {kind_of(row)}, not a row of columns")
         missing = [c for c in task.source_columns if c not in row]
+        if task.answer_columns and not any(c in row for c in task.answer_columns):
+            missing.append(task.answer_columns[0])
         if missing:
-            raise UserError(f"{where} row {i}: missing column {missing[0]!r} for task {task.name} "
-                            f"(it needs {', '.join(task.source_columns)})")
-        raw = task.label(row)
-        fields = {k: get(row) for k, get in task.fields.items()}
-        if task.strings_only and not all(isinstance(v, str) for v in [raw, *fields.values()]):
+            fail(i, f"missing column {missing[0]!r} for task {task.name} (it needs {needs(task)}; the row has "
+                    f"{', '.join(map(str, row)) or 'no columns'})")
+        try:
+            raw = task.label(row)
+            fields = {k: get(row) for k, get in task.fields.items()}
+            reason = None
+            if task.strings_only:
+                bad = [k for k, v in [*fields.items(), ("label", raw)] if not isinstance(v, str)]
+                reason = f"{bad[0]} not a string" if bad else None
+            elif not task.closed:
+                if not raw:  # unanswerable question (SQuAD v2): no answer to train on or score
+                    reason = "no answer (unanswerable)"
+                else:
+                    label, gold = str(raw), task.answers(row)
+            elif task.label_map is not None:
+                key = _label_key(task, raw)
+                label, gold = task.label_map[key], (task.label_map[key],)
+            else:
+                value = raw.strip() if isinstance(raw, str) else raw
+                if task.label_set is not None and value not in task.label_set:
+                    reason = f"answer not one of {', '.join(task.label_set)}"  # race/commonsense_qa: the original's rule
+                else:
+                    label, gold = value, (value,)
+            if task.strings_only and reason is None:
+                label, gold = raw, (raw,)
+        except RowError as e:
+            fail(i, str(e))
+        if reason is not None:
+            dropped[reason] = dropped.get(reason, 0) + 1
             continue
-        if not task.closed:
-            if not raw:  # unanswerable question (SQuAD v2): no answer to train on or score
-                continue
-            label = str(raw)
-            gold = task.answers(row)
-        elif task.label_map is not None:
-            key = int(raw) if isinstance(raw, str) and raw.lstrip("-").isdigit() else raw  # csv gives "1"
-            if key not in task.label_map:
-                raise UserError(f"{where} row {i}: label {raw!r} is not one of {sorted(task.label_map)} for task "
-                                f"{task.name}")
-            label, gold = task.label_map[key], (task.label_map[key],)
-        else:
-            if task.label_set is not None and raw not in task.label_set:
-                continue  # race/commonsense_qa: rows with another answer are dropped (the original's rule)
-            label, gold = raw, (raw,)
         out.append(Example({k: "" if v is None else str(v) for k, v in fields.items()}, label, gold))
     if not out:
-        raise UserError(f"{where}: no usable rows for task {task.name} (empty split?)")
-    return out
+        if not rows:
+            raise UserError(f"{where}: no usable rows for task {task.name}: the split is empty (0 rows)")
+        n = len(rows)
+        raise UserError(f"{where}: all {n} row{'s' if n != 1 else ''} dropped for task {task.name} ({reasons(dropped)})")
+    return out, dropped
+
+
+def clean(task, rows, where, lines=None):
+    """An Example for each usable row (`clean_counted` without the counts of dropped rows)."""
+    return clean_counted(task, rows, where, lines)[0]
 
 
 def load(task, data_root, split, max_samples=None):
     """(examples, source): the cleaned Examples of a split (the first `max_samples` of them when given), and
-    where they came from with the row counts before and after cleaning ("rows", "clean", "used")."""
-    rows, source = load_rows(task, data_root, split)
-    examples = clean(task, rows, describe(source))
+    where they came from with the row counts before and after cleaning ("rows", "clean", "used") and the rows
+    the cleaning rules dropped by reason ("dropped": {reason: count}, empty when none)."""
+    rows, source, lines, empty = read_rows(task, data_root, split)
+    if not rows:
+        raise UserError(f"{describe(source)}: no usable rows for task {task.name}: {empty}")
+    examples, dropped = clean_counted(task, rows, describe(source), lines)
     used = examples[:max_samples] if max_samples else examples
-    return used, {**source, "rows": len(rows), "clean": len(examples), "used": len(used)}
+    return used, {**source, "rows": len(rows), "clean": len(examples), "used": len(used), "dropped": dropped}
 
 
 def stratified_sample(examples, fraction, seed):
@@ -346,9 +411,19 @@ def extract_prediction(generated):
 
 
 def match_label(prediction, options):
-    """The label among `options` that `prediction` names (case and surrounding punctuation forgiven), else None."""
-    norm = normalise(prediction)
+    """The label among `options` that the answer starts with, at a word boundary, case and the punctuation
+    around it forgiven: 'False. The passage says...' -> 'false', 'Choice2' -> 'Choice2', 'truest' -> None. When
+    several labels match, the longest (so a label that begins another never steals its answers). None when the
+    answer starts with no label."""
+    text = prediction.lstrip(_PUNCT).lower()
+    best = None
     for label in options:
-        if norm == normalise(label):
-            return label
-    return None
+        norm = normalise(label)
+        if not norm or not text.startswith(norm):
+            continue
+        rest = text[len(norm):]
+        if rest and (rest[0].isalnum() or rest[0] == "_"):
+            continue  # not a word boundary: 'truest' does not name 'true'
+        if best is None or len(norm) > len(normalise(best)):
+            best = label
+    return best

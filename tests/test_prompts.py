@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+import datafiles
 import prompts
 from common import UserError
 from conftest import ROOT, SAMPLE
@@ -107,12 +108,12 @@ def test_data_source_order(tmp_path):
     cb = TASKS["CB"]
     row = {"premise": "from-file", "hypothesis": "h", "label": 0}
     write_jsonl(tmp_path / "CB" / "train.jsonl", [row])
-    rows, source = prompts.load_rows(cb, str(tmp_path), "train")
+    rows, source = datafiles.load_rows(cb, str(tmp_path), "train")
     assert rows == [row] and source["source"] == "file" and source["path"].endswith("CB/train.jsonl")
     datasets = pytest.importorskip("datasets")
     disk = tmp_path / "disk_datasets" / "super_glue" / "cb"
     datasets.DatasetDict({"train": datasets.Dataset.from_list([{**row, "premise": "from-disk"}])}).save_to_disk(str(disk))
-    rows, source = prompts.load_rows(cb, str(tmp_path), "train")  # disk_datasets wins over files
+    rows, source = datafiles.load_rows(cb, str(tmp_path), "train")  # disk_datasets wins over files
     assert rows[0]["premise"] == "from-disk" and source["source"] == "disk_datasets" and source["split"] == "train"
 
 
@@ -179,6 +180,29 @@ def test_label_matching_forgives_case_and_punctuation_only():
     assert prompts.match_label("Choice 2", ["Choice1", "Choice2"]) is None
 
 
+@pytest.mark.parametrize("answer,expected", [
+    ("False The library is large and the book is", "false"),  # the label, then text running on
+    ("true, because the passage says so", "true"),
+    ("  FALSE.", "false"),
+    ("falsehood", None),  # no word boundary after the label
+    ("Choice1 is the answer", "Choice1"),
+    ("Choice12", None),
+    ("The answer is true", None),  # the label is not where the answer starts
+    ("", None),
+])
+def test_a_prediction_is_the_label_the_answer_starts_with(answer, expected):
+    options = ["true", "false"] if expected in (None, "true", "false") and not answer.startswith("Choice") else \
+        ["Choice1", "Choice2"]
+    assert prompts.match_label(answer, options) == expected
+
+
+def test_the_longest_label_an_answer_starts_with_wins():
+    assert prompts.match_label("not_entailment, since", ["entailment", "not_entailment"]) == "not_entailment"
+    assert prompts.match_label("comp.sys.mac.hardware is it", ["comp.sys", "comp.sys.mac.hardware"]) == \
+        "comp.sys.mac.hardware"
+    assert prompts.match_label("entailment follows", ["entailment", "not_entailment"]) == "entailment"
+
+
 def test_sample_data_is_reproducible_and_complete(tmp_path):
     import subprocess
     import sys
@@ -211,8 +235,8 @@ def test_load_says_where_rows_came_from_and_how_many_were_kept(tmp_path):
     examples, source = prompts.load(TASKS["20_Newsgroups_Fixed"], str(tmp_path), "test", max_samples=2)
     assert [e.label for e in examples] == ["x", "y"]
     assert source == {"source": "file", "path": str(tmp_path / "20_Newsgroups_Fixed" / "test.jsonl"), "split": "test",
-                      "rows": 4, "clean": 3, "used": 2}
-    assert prompts.describe(source).endswith("20_Newsgroups_Fixed/test.jsonl")
+                      "rows": 4, "clean": 3, "used": 2, "dropped": {"text not a string": 1}}
+    assert datafiles.describe(source).endswith("20_Newsgroups_Fixed/test.jsonl")
 
 
 def test_hub_rows_are_announced_and_recorded(tmp_path, monkeypatch, capsys):
@@ -223,13 +247,13 @@ def test_hub_rows_are_announced_and_recorded(tmp_path, monkeypatch, capsys):
         calls.append((hub_id, config, split))
         return datasets.Dataset.from_list([{"question": "q", "passage": "p", "label": 1}])
 
-    monkeypatch.setattr(prompts, "hub_reachable", lambda: True)
+    monkeypatch.setattr(datafiles, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     examples, source = prompts.load(TASKS["boolq"], str(tmp_path), "validation")
     assert calls == [("aps/super_glue", "boolq", "validation")]
     assert [e.label for e in examples] == ["true"]
     assert source == {"source": "hub", "hub_id": "aps/super_glue", "config": "boolq", "split": "validation",
-                      "rows": 1, "clean": 1, "used": 1}
+                      "rows": 1, "clean": 1, "used": 1, "dropped": {}}
     assert "boolq: downloading aps/super_glue (boolq) split 'validation' from the hub" in capsys.readouterr().out
 
     def broken(*a, **k):
