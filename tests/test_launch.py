@@ -1,0 +1,226 @@
+"""launch.py: where the study's runs go. The commands are tiny python one-liners, not training; Slurm is played by
+the stand-ins in tests/slurm_standin/ (put first on PATH), which run the array tasks on this machine."""
+
+import json
+import os
+import sys
+import textwrap
+
+import pytest
+import submitit
+from submitit.slurm.slurm import SlurmInfoWatcher
+
+import launch
+from launch import Outcome, Run, SlurmOptions
+
+STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slurm_standin")
+CORES = len(os.sched_getaffinity(0))
+
+# a command appending "<label> OMP_NUM_THREADS=<n>" to a file: which commands ran, in which order, with what
+MARK = "import os, sys; open(sys.argv[1], 'a').write(f\"{sys.argv[2]} OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}\\n\")"
+
+# two of these meet only when they run at once: each marks its arrival and waits (up to 5 s) for the other's
+MEET = """
+import json, os, sys, time
+me, other, out = sys.argv[1:4]
+start = time.time()
+open(me, "w").close()
+for _ in range(100):
+    if os.path.exists(other):
+        break
+    time.sleep(0.05)
+with open(out, "w") as f:
+    json.dump({"start": start, "end": time.time(), "omp": os.environ["OMP_NUM_THREADS"],
+               "cores": sorted(os.sched_getaffinity(0)), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}, f)
+"""
+
+# a training stand-in: on its first start, stopped by SIGUSR1 it writes a checkpoint and exits 75 (resumable);
+# on its second start it finishes
+RESUMABLE = """
+import os, signal, sys, time
+starts, ready, checkpoint = sys.argv[1:4]
+with open(starts, "a") as f:
+    f.write("start\\n")
+if open(starts).read().count("start") == 1:
+    def stop(*_):
+        with open(checkpoint, "a") as f:
+            f.write("checkpoint\\n")
+        sys.exit(75)
+    signal.signal(signal.SIGUSR1, stop)
+    open(ready, "w").close()  # the stand-in scheduler's cue for the time-limit signal
+    time.sleep(20)
+    sys.exit(1)
+print("resumed from", open(checkpoint).read().strip())
+"""
+
+
+def py(code, *args):
+    return (sys.executable, "-c", textwrap.dedent(code), *map(str, args))
+
+
+def lines(path):
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+def test_local_runs_go_at_once_each_with_its_share_of_the_cores_or_its_gpus(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    runs = [Run("a", [py(MEET, f"{a}.here", f"{b}.here", f"{a}.json")], tmp_path / "a.log"),
+            Run("b", [py(MEET, f"{b}.here", f"{a}.here", f"{b}.json")], tmp_path / "b.log")]
+    outcomes = launch.run_all(runs, "local", parallel=2, gpus=0, progress=lambda line: None)
+    assert [o.ok for o in outcomes] == [True, True]
+    ra, rb = (json.load(open(f"{x}.json")) for x in (a, b))
+    assert ra["start"] < rb["end"] and rb["start"] < ra["end"]  # their lives overlap
+    assert ra["omp"] == rb["omp"] == str(max(1, CORES // 2))
+    assert len(ra["cores"]) == len(rb["cores"]) == max(1, CORES // 2)
+    if CORES >= 2:
+        assert not set(ra["cores"]) & set(rb["cores"])
+    assert ra["gpus"] is None
+
+    runs = [Run(x, [py(MEET, f"{tmp_path}/g{x}.here", f"{tmp_path}/g{y}.here", f"{tmp_path}/g{x}.json")],
+                tmp_path / f"g{x}.log") for x, y in (("a", "b"), ("b", "a"))]
+    outcomes = launch.run_all(runs, "local", gpus=4, gpus_per_run=2, progress=lambda line: None)
+    assert all(o.ok for o in outcomes)
+    seen = [json.load(open(f"{tmp_path}/g{x}.json")) for x in "ab"]
+    assert sorted(s["gpus"] for s in seen) == ["0,1", "2,3"]
+    assert seen[0]["start"] < seen[1]["end"] and seen[1]["start"] < seen[0]["end"]
+
+
+def test_visible_gpus_reads_cuda_visible_devices_as_cuda_does(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,-1,7")
+    assert launch.visible_gpus() == ["3", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert launch.visible_gpus() == []
+
+
+@pytest.mark.parametrize("launcher", ["serial", "local"])
+def test_a_failed_run_stops_its_own_commands_only_and_75_is_resumable(tmp_path, capsys, launcher):
+    marks = tmp_path / "marks"
+    runs = [Run("fails", [py(MARK, marks, "fails-1"), py("raise SystemExit(3)"), py(MARK, marks, "never")],
+                tmp_path / "fails" / "run.log"),
+            Run("stopped", [py("raise SystemExit(75)"), py(MARK, marks, "never")], tmp_path / "stopped" / "run.log"),
+            Run("fine", [py("print('hello from', 'fine')"), py(MARK, marks, "fine-2")], tmp_path / "fine" / "run.log")]
+    outcomes = launch.run_all(runs, launcher, parallel=2, gpus=0)
+    assert [(o.ok, o.returncode) for o in outcomes] == [(False, 3), (False, 75), (True, 0)]
+    assert outcomes[0].note == "command 2/3 exited with code 3"
+    assert outcomes[1].note == "interrupted (resumable)" and outcomes[1].resumable
+    assert [m.split()[0] for m in lines(marks) if "never" in m] == []
+    assert sorted(m.split()[0] for m in lines(marks)) == ["fails-1", "fine-2"]
+    assert "hello from fine" in open(outcomes[2].log).read()
+    out = capsys.readouterr().out
+    assert ("hello from fine" in out) == (launcher == "serial")  # serial shows the commands' output
+    assert "[3/3 finished, 2 failed, all done]" in out
+    for o in outcomes:
+        status = json.load(open(launch.status_path(o.run)))
+        assert status["started"] == o.started <= o.ended == status["ended"] and status["returncode"] == o.returncode
+
+
+@pytest.fixture
+def slurm(tmp_path, monkeypatch):
+    """Slurm played by the stand-ins; returns their state folder."""
+    monkeypatch.setenv("PATH", os.pathsep.join([STANDIN, os.path.dirname(sys.executable), os.environ["PATH"]]))
+    monkeypatch.setenv("SLURM_STANDIN_DIR", str(tmp_path / "slurm"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.chdir(tmp_path)  # the tasks run where sbatch ran: launch.py must be importable from anywhere
+    monkeypatch.setattr(launch, "POLL_S", 0.2)
+    # job ids restart at 1000 in each test: a fresh watcher of job states, as a new study process would have
+    monkeypatch.setattr(submitit.SlurmJob, "watcher", SlurmInfoWatcher(delay_s=600))
+    return tmp_path / "slurm"
+
+
+def submitted(slurm_dir):
+    """(job id, #SBATCH flags, events) of the one job submitted."""
+    [job] = [d for d in os.listdir(slurm_dir) if d != "next_id"]
+    with open(slurm_dir / job / "sbatch.json") as f:
+        flags = json.load(f)["flags"]
+    return job, flags, [json.loads(line) for line in lines(slurm_dir / job / "events.jsonl")]
+
+
+def test_slurm_one_array_with_the_settings_asked_and_a_failure_that_stops_nothing_else(tmp_path, slurm):
+    marks = tmp_path / "marks"
+    runs = [Run(name, [py(MARK, marks, f"{name}-train"), py(code), py(MARK, marks, f"{name}-eval")],
+                tmp_path / name / "run.log")
+            for name, code in (("a", "pass"), ("b", "raise SystemExit(3)"), ("c", "print('c is fine')"))]
+    options = SlurmOptions(partition="debug", time=30, cpus_per_task=4, mem=8, account="lab", array_parallelism=2,
+                           additional={"qos": "high"}, signal_delay_s=35)
+    progress = []
+    outcomes = launch.run_all(runs, "slurm", gpus_per_run=2, slurm=options, folder=tmp_path / "study",
+                              progress=progress.append)
+
+    job, flags, events = submitted(slurm)
+    assert {k: flags[k] for k in ("array", "gpus-per-node", "time", "partition", "account", "cpus-per-task", "mem",
+                                  "qos", "signal")} == {
+        "array": "0-2%2", "gpus-per-node": "2", "time": "30", "partition": "debug", "account": "lab",
+        "cpus-per-task": "4", "mem": "8G", "qos": "high", "signal": "USR2@35"}
+    assert flags["output"] == str(tmp_path / "study" / "submitit" / "%A_%a_0_log.out")
+    assert sorted(e["task"] for e in events if e["event"] == "start") == [0, 1, 2]
+
+    assert [(o.run.name, o.ok, o.returncode) for o in outcomes] == [("a", True, 0), ("b", False, 3), ("c", True, 0)]
+    assert sorted(lines(marks)) == ["a-eval OMP_NUM_THREADS=4", "a-train OMP_NUM_THREADS=4",
+                                    "b-train OMP_NUM_THREADS=4", "c-eval OMP_NUM_THREADS=4",
+                                    "c-train OMP_NUM_THREADS=4"]
+    assert "c is fine" in open(tmp_path / "c" / "run.log").read()
+    message = launch.failures_message(outcomes)
+    assert message == f"1 of 3 runs did not finish: b (command 2/3 exited with code 3; log {tmp_path}/b/run.log)"
+    assert progress[0].startswith(f"Slurm job {job}: 3 run(s) submitted")
+    assert progress[-1].startswith("[3/3 finished, 1 failed, all done]")
+    for o in outcomes:  # times from the task's side
+        status = json.load(open(launch.status_path(o.run)))
+        assert status["started"] == o.started <= o.ended == status["ended"] and status["job"] == f"{job}_{'abc'.index(o.run.name)}"
+
+
+def test_slurm_time_limit_stops_the_command_requeues_the_task_and_the_run_resumes(tmp_path, slurm, monkeypatch):
+    starts, ready, checkpoint, marks = (tmp_path / n for n in ("starts", "ready", "checkpoint", "marks"))
+    monkeypatch.setenv("SLURM_STANDIN_TIME_LIMIT", f"0:{ready}")  # SIGUSR2 to task 0's step once it is ready
+    runs = [Run("long", [py(RESUMABLE, starts, ready, checkpoint), py(MARK, marks, "long-eval")],
+                tmp_path / "long" / "run.log"),
+            Run("short", [py(MARK, marks, "short")], tmp_path / "short" / "run.log")]
+    outcomes = launch.run_all(runs, "slurm", gpus_per_run=0, slurm=SlurmOptions(time=5, signal_delay_s=35),
+                              folder=tmp_path / "study", progress=lambda line: None)
+
+    job, flags, events = submitted(slurm)
+    assert [(o.ok, o.returncode) for o in outcomes] == [(True, 0), (True, 0)]
+    assert lines(starts) == ["start", "start"] and lines(checkpoint) == ["checkpoint"]
+    assert sorted(m.split()[0] for m in lines(marks)) == ["long-eval", "short"]
+    log = open(outcomes[0].log).read()
+    assert "the command was asked to stop (SIGUSR1); the task is requeued" in log and "resumed from checkpoint" in log
+    assert [(e["event"], e["task"]) for e in events if e["event"] != "end" and e["task"] == 0] == [
+        ("start", 0), ("signal", 0), ("requeue request", 0), ("requeue", 0), ("start", 0)]
+    assert [e["signal"] for e in events if e["event"] == "signal"] == ["SIGUSR2"]
+    status = json.load(open(launch.status_path(runs[0])))
+    second_start = [e["time"] for e in events if e["event"] == "start" and e["task"] == 0][1]
+    assert status["starts"] == 2 and outcomes[0].started == status["started"] < second_start < outcomes[0].ended
+    assert "gpus-per-node" not in flags
+
+
+def test_slurm_task_killed_without_a_result_fails_with_its_state_and_submitits_log(tmp_path, slurm, monkeypatch):
+    monkeypatch.setattr(submitit.SlurmJob, "_results_timeout_s", 0)  # no result will come: do not wait for one
+    kill_my_task = "import os, signal; os.kill(os.getppid(), signal.SIGKILL)"  # as the OOM killer would
+    runs = [Run("fine", [py("pass")], tmp_path / "fine.log"), Run("killed", [py(kill_my_task)], tmp_path / "killed.log")]
+    outcomes = launch.run_all(runs, "slurm", slurm=SlurmOptions(), folder=tmp_path / "study", progress=lambda line: None)
+    job, _, _ = submitted(slurm)
+    assert [(o.ok, o.returncode) for o in outcomes] == [(True, 0), (False, None)]
+    assert outcomes[1].note == (f"Slurm job {job}_1 ended FAILED without a result "
+                                f"(see {tmp_path}/study/submitit/{job}_1_0_log.err)")
+    assert outcomes[1].started is not None and outcomes[1].ended is None  # it started; its end was not its own
+
+
+def test_slurm_one_run_is_a_plain_job(tmp_path, slurm):
+    marks = tmp_path / "marks"
+    [outcome] = launch.run_all([Run("only", [py(MARK, marks, "only")], tmp_path / "only.log")], "slurm",
+                               slurm=SlurmOptions(), folder=tmp_path / "study", progress=lambda line: None)
+    job, flags, _ = submitted(slurm)
+    assert outcome.ok and "array" not in flags and flags["gpus-per-node"] == "1" and flags["time"] == "240"
+    assert lines(marks) == ["only OMP_NUM_THREADS=None"]
+
+
+def test_failures_message_names_each_failed_run_and_its_log():
+    def outcome(name, ok, rc, note=""):
+        return Outcome(Run(name, [], f"/study/{name}/run.log"), ok, rc, f"/study/{name}/run.log", 1.0, 2.0, note)
+
+    outcomes = [outcome("q,v", True, 0), outcome("q,v+up", False, 1, "command 1/2 exited with code 1"),
+                outcome("q,v+down", False, 75, "interrupted (resumable)")]
+    assert launch.failures_message(outcomes) == (
+        "2 of 3 runs did not finish: q,v+up (command 1/2 exited with code 1; log /study/q,v+up/run.log); "
+        "q,v+down (interrupted (resumable); log /study/q,v+down/run.log)")
+    assert launch.failures_message(outcomes[:1]) == ""
