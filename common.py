@@ -24,10 +24,29 @@ def run_main(main):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose mistakes (an unknown flag, a bad choice) are UserErrors: one line, exit code 2."""
+    """argparse whose mistakes (an unknown flag, a bad choice, an ambiguous abbreviation) are UserErrors: one
+    line, exit code 2. --help prints each flag's default once (HelpFormatter)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
+        raise UserError(f"{self.prog}: {' '.join(message.split())}")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Adds '(default: X)' to a flag's help unless the help already speaks of its default or there is none
+    to show (None, False, SUPPRESS); lists print space-separated, as they are typed."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default == argparse.SUPPRESS \
+                or not action.option_strings:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})"
 
 
 def hub_reachable():

@@ -20,6 +20,8 @@ h: heads, r: LoRA rank), for a Llama-architecture layer (RMSNorm, rotary attenti
   MLP                         gate output, its SiLU and the up output (3f values)
   each LoRA-adapted module    with input width i: the dropout mask (i: 1 byte on a GPU, a value on a CPU),
                               the dropped input (i) and the rank-r projection (r)
+Under bf16 autocast over an fp32 base (training without --bnb, as the original), autograd also keeps the bf16
+copy autocast makes of each weight a layer multiplies by (2 bytes a weight, per layer, not per token).
 With checkpointing a layer keeps only its input (d values at the residual stream's width) and the rest is
 the `backward` term. A "value" is 4 bytes in fp32, 2 in bf16; in a 4-bit run under bf16 autocast (a GPU) the
 residual stream, the linear layers' outputs and the MLP stay fp32 (bitsandbytes casts back to the input's
@@ -44,6 +46,8 @@ def value_bytes(prec, cuda):
     product, of a dropout-mask element, and of the residual stream's values."""
     if prec.bnb and prec.autocast:
         return 4, 2, 1 if cuda else 4, 4
+    if prec.autocast and getattr(prec, "weights", prec.dtype) == "fp32":  # fp32 base under bf16 autocast: the
+        return 2, 2, 1 if cuda else 2, 4  # linear layers' outputs are bf16, the residual stream stays fp32
     size = 2 if prec.dtype in ("bf16", "fp16") and not prec.bnb else 4
     return size, size, 1 if cuda else size, size
 
@@ -82,17 +86,19 @@ def estimate(config, targets, lora_r, dropout, prec, cuda, batch, seq, gradient_
     s = shapes(config)
     act, mm, _, residual = value_bytes(prec, cuda)
     tokens = batch * seq
+    linear, other = weights
     layer = layer_activation_bytes(s, targets, lora_r, dropout, prec, cuda) * tokens
+    if prec.autocast and not prec.bnb and getattr(prec, "weights", prec.dtype) == "fp32":
+        layer += linear / s["layers"] * mm  # autocast's bf16 copy of each fp32 weight, kept for the backward pass
     outside = (4 * s["d"] + 4) * tokens  # the final norm's saved input
     if gradient_checkpointing:
         activations = s["layers"] * s["d"] * residual * tokens + outside
     else:
         activations = s["layers"] * layer + outside
-    linear, other = weights
     if prec.bnb:
         weight_bytes = linear * NF4_BYTES_PER_WEIGHT + other * 4
     else:
-        weight_bytes = (linear + other) * (2 if prec.dtype in ("bf16", "fp16") else 4)
+        weight_bytes = (linear + other) * (2 if getattr(prec, "weights", prec.dtype) in ("bf16", "fp16") else 4)
     counted = max(1, math.ceil(counted_fraction * tokens))
     chunk = min(counted, LOSS_CHUNK)
     logits = chunk * s["vocab"] * (4 + 4 + mm) + 2 * counted * s["d"] * act

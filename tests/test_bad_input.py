@@ -59,7 +59,7 @@ CASES = [
     ("missing dataset", train, lambda t: ["--tasks", "CB", "--data_root", str(t)], "no data for task 'CB' split 'train'"),
     ("missing base model", train, lambda t: ["--tasks", "CB", "--pretrained_ckpt", str(t / "no-model")],
      "no-model: no such model folder"),
-    ("experiment without assets", inference, lambda t: ["--experiment_dir", str(t)], "has no assets/ folder"),
+    ("experiment without assets", inference, lambda t: ["--experiment_dir", str(t)], "holds no training run (no assets/ folder)"),
     ("corrupt adapter config", inference, lambda t: ["--experiment_dir", fake_experiment(t, "{\"target_mod")],
      "adapter_config.json is corrupt"),
     ("eval task without data", inference,

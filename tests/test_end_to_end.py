@@ -12,7 +12,7 @@ import time
 import pytest
 
 import utils
-from conftest import EVAL, MODEL, ROOT, SAMPLE, STUDY, TRAIN, linked_copy, metrics, only_dir, predictions, run
+from conftest import EVAL, MODEL, ROOT, SAMPLE, STUDY, TRAIN, free_port, linked_copy, metrics, only_dir, predictions, run
 
 pytestmark = pytest.mark.slow
 SMALL = ["--pretrained_ckpt", MODEL, "--data_root", SAMPLE, "--epochs", "1", "--per_device_train_batch_size", "2",
@@ -240,7 +240,8 @@ def test_multi_process_training_under_accelerate(tmp_path):
     on a machine without GPUs each trains on the CPU and gradients are averaged over gloo."""
     out = str(tmp_path / "ddp")
     p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", TRAIN, *SMALL,
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(free_port()), TRAIN, *SMALL,
                         "--tasks", "CB", "--target_modules", "q_proj", "v_proj", "--max_steps", "2",
                         "--max_samples", "40", "--output_root", out],
                        capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})

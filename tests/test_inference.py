@@ -74,7 +74,7 @@ def test_ranked_tasks_share_batches(small, monkeypatch):
                                  options) for f in fields]}
     out = inference.rank_tasks(model, tok, jobs, argparse.Namespace(batch_size=64))
     assert seen == [10]  # both tasks' prompts in one batch
-    assert [len(out[n]) for n in jobs] == [5, 5] and all(p in jobs["CB"]["options"] for _, p in out["CB"])
+    assert [len(out[n]) for n in jobs] == [5, 5] and all(p in jobs["CB"]["options"] for _, p, _ in out["CB"])
 
 
 class OutOfMemoryAbove:
@@ -85,7 +85,7 @@ class OutOfMemoryAbove:
         self.tok, self.limit, self.fails_alone, self.batches = tok, limit, fails_alone, []
         self.device = torch.device("cpu")
 
-    def generate(self, input_ids, attention_mask, generation_config):
+    def generate(self, input_ids, attention_mask, generation_config, **kwargs):
         self.batches.append(len(input_ids))
         lengths = attention_mask.sum(1).tolist()
         if len(input_ids) > self.limit or self.fails_alone in lengths:
@@ -104,24 +104,43 @@ def test_out_of_memory_halves_the_batch_and_books_what_fails_alone():
     assert model.batches[:3] == [8, 4, 2]  # halved until it fits, then kept at that size
     assert max(model.batches[3:]) <= 2
     assert [o is None for o in out] == [n == 7 for n in range(3, 13)]  # only the prompt that fails alone is lost
-    assert all(o == ("true", "true") for o in out if o is not None)
+    assert all(o[:2] == ("true", "true") for o in out if o is not None)
 
 
 def test_metrics_made_with_other_settings_are_redone(tmp_path, capsys):
+    """A task's metrics are reused only for the same evaluation identity: scoring, generation length, rows,
+    examples (their fingerprint), prompt budget and precision."""
+    import identity
+
     task = prompts.TASKS["CB"]
-    args = inference.parse_args(["--pretrained_ckpt", MODEL, "--tasks", "CB", "--data_root", "d"])
-    inference.resolve_run(args)
-    inference.check_args(args)
     out = str(tmp_path / "base")
-    prec = utils.precision(args.dtype, args.bnb, args.scoring)
-    assert inference.pending(out, [task], args, prec) == [task]
-    utils.write_json(utils.metrics_path(out, "CB"), {"accuracy": 0.5, **inference.settings(task, args, prec)})
-    assert inference.pending(out, [task], args, prec) == []
+    args = argparse.Namespace(overwrite=False)
+    ident = identity.evaluation("generate", 1000, 20, 8172, False, "fp32", "abc")
+    assert inference.pending(out, "metrics", [task], args, {"CB": ident}) == [task]
+    utils.write_json(utils.metrics_path(out, "CB"), {"accuracy": 0.5, "identity": ident})
+    assert inference.pending(out, "metrics", [task], args, {"CB": ident}) == []
     assert "CB: metrics exist" in capsys.readouterr().out
-    for change in ({"scoring": "rank"}, {"max_new_tokens": 5}, {"data_root": "other"}, {"max_test_samples": 10}):
-        other = argparse.Namespace(**{**vars(args), **change})
-        assert inference.pending(out, [task], other, prec) == [task], change
-    for other_prec in (utils.precision("bf16", False, "generate"), utils.precision("auto", True, "generate")):
-        assert inference.pending(out, [task], args, other_prec) == [task], other_prec
-    assert inference.pending(out, [task], argparse.Namespace(**{**vars(args), "overwrite": True}), prec) == [task]
+    for change in ({"scoring": "rank"}, {"max_new_tokens": 5}, {"data": "other"}, {"max_test_samples": 10},
+                   {"prompt_budget": 64}, {"dtype": "bf16"}, {"bnb": True}):
+        assert inference.pending(out, "metrics", [task], args, {"CB": {**ident, **change}}) == [task], change
+    assert inference.pending(out, "metrics", [task], argparse.Namespace(overwrite=True), {"CB": ident}) == [task]
+    assert inference.pending(out, "metrics-rank", [task], args, {"CB": ident}) == [task]  # another folder: its own
     assert os.path.isfile(utils.metrics_path(out, "CB"))
+
+
+def test_each_evaluation_has_its_own_metrics_folder():
+    """Metrics of different evaluation settings live side by side: the default in metrics/, others beside it."""
+    def folder(*argv):
+        args = inference.parse_args(["--pretrained_ckpt", MODEL, "--tasks", "CB", *argv])
+        inference.resolve_run(args)
+        inference.check_args(args)
+        return inference.metrics_folder(args)
+
+    assert folder() == "metrics"
+    assert folder("--scoring", "rank") == "metrics-rank"
+    assert folder("--max_test_samples", "40", "--max_new_tokens", "5") == "metrics-n40-new5"
+    assert folder("--scoring", "rank", "--max_new_tokens", "5") == "metrics-rank"  # rank generates nothing
+    assert folder("--dtype", "fp16") == "metrics-fp16"
+    assert folder("--bnb") == "metrics-4bit"
+    assert folder("--max_input_length", "64") == "metrics-len64"
+    assert folder("--data_root", "elsewhere") == "metrics"  # the base model's data: its fingerprint decides

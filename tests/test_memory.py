@@ -61,7 +61,7 @@ def lora_model(model, checkpointing, prec, modules=("q_proj", "v_proj", "up_proj
 def estimated(model, args, prec, batch, seq):
     trainable, _ = model.get_nb_trainable_parameters()
     return memory.estimate(model.config, args.target_modules, args.lora_r, args.dropout, prec, False, batch, seq,
-                           args.gradient_checkpointing, 1.0, trainable, (0, 0))["activations"]
+                           args.gradient_checkpointing, 1.0, trainable, memory.weight_counts(model))["activations"]
 
 
 def measure(model, prec, batch, seq):
@@ -145,7 +145,7 @@ def test_bnb_defaults_to_checkpointing_as_the_original():
 @pytest.fixture(scope="module")
 def llama2_folder(tmp_path_factory):
     """Llama-2-7B's shape written by hand: a config.json and a tokenizer, no weights."""
-    folder = tmp_path_factory.mktemp("llama2") / "Llama-2-7b-shape"
+    folder = tmp_path_factory.mktemp("llama2") / "Llama-2-7b-hf"  # the paper's model by name: its folder is the original's
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(LLAMA2_7B))
     for f in os.listdir(MODEL):

@@ -7,6 +7,7 @@ import os
 import pytest
 
 import get_eval_tasks
+import identity
 import utils
 
 TASKS = ["race_high", "race_middle", "20_Newsgroups_Fixed"]
@@ -39,7 +40,11 @@ def lora(modules, params, seed=42, tasks=None):
 
 
 def name(modules, seed=42):
-    return utils.experiment_dir("", ["x"], 0.99, 3, 8, 0.1, modules, False, seed=seed).split("/")[-1]
+    """The folder name of a run with the original's settings but 3 epochs, these modules and this seed."""
+    ident = {"tasks": ["x"], "train_sample_fraction": 0.99, "epochs": 3, "lora_r": 8, "dropout": 0.1,
+             "target_modules": modules, "bnb": False, "loss_on": "all", "shorten_to_block": False, "max_steps": -1,
+             "seed": seed, **{k: identity.original_default(k, False) for k in identity.HASHED}}
+    return identity.folder_name(ident)
 
 
 @pytest.fixture
@@ -83,7 +88,7 @@ def test_summary_rows_cells_and_paired_tests(tree):
     assert settings == ["base (no adapter)", "q,v", "q,v+up (keys)", "q,v+down (values)", "majority class"]
     up = rows[3].split(" | ")
     assert up[1].startswith("90.0 [59.6, 98.2]") and up[2].startswith("20.0 [5.7, 51.0]")
-    assert up[4] == "56.7" and up[5] == "200"
+    assert up[4] == "56.7" and up[5] == "200 |"
     # race_high: up right on 0-8, down on 0-2 -> b=6 (up only), c=0 -> p = 2 / 2**6
     comp = [line for line in rows if line.startswith("| q,v+up (keys) vs q,v+down (values)")][0].split(" | ")
     assert comp[1] == "+60.0 (6/0, p=0.0312)"
@@ -119,14 +124,29 @@ def test_stratified_mcnemar_and_paired_difference_hand_checked():
     assert diff == pytest.approx(0.3) and lo == pytest.approx(0.3 - 1.959964 * se) and hi == pytest.approx(0.3 + 1.959964 * se)
 
 
+LLAMA_ARMS = [["q_proj", "v_proj"], ["q_proj", "v_proj", "up_proj"], ["q_proj", "v_proj", "gate_proj"],
+              ["q_proj", "v_proj", "down_proj"]]
+
+
 def test_setting_names_and_roles():
     assert get_eval_tasks.setting_name(lora(["q_proj", "v_proj", "gate_proj"], 1)) == "q,v+gate (keys)"
     assert get_eval_tasks.setting_name(lora(["down_proj", "q_proj", "v_proj"], 1)) == "q,v+down (values)"
     assert get_eval_tasks.setting_name({"kind": "base"}) == "base (no adapter)"
-    assert [get_eval_tasks.role(lora(s, 1)) for s in get_eval_tasks.SETTINGS] == ["core", "keys", "keys", "values"]
+    assert [get_eval_tasks.role(lora(s, 1)) for s in LLAMA_ARMS] == ["core", "keys", "keys", "values"]
     assert get_eval_tasks.role({"kind": "base"}) == "base"
     assert get_eval_tasks.role(lora(["q_proj", "v_proj", "up_proj", "down_proj"], 1)) == "other"
     assert get_eval_tasks.role(lora(["k_proj"], 1)) == "other"
+
+
+def test_the_record_not_the_names_decides_the_role():
+    """GPT-2: c_proj is the feed-forward's values only as mlp.c_proj; the record's roles say so."""
+    gpt2 = {**lora(["attn.c_attn", "mlp.c_proj"], 1), "module_roles": {"attn.c_attn": "attention_qv",
+                                                                      "mlp.c_proj": "values"}}
+    assert get_eval_tasks.role(gpt2) == "values"
+    assert get_eval_tasks.setting_name(gpt2) == "c_attn+c_proj (values)"
+    odd = {**lora(["q_proj", "v_proj", "up_proj"], 1), "module_roles": {"q_proj": "attention_q", "v_proj": "attention_v",
+                                                                        "up_proj": "values"}}
+    assert get_eval_tasks.role(odd) == "values"  # the record wins over the Llama name
 
 
 def test_several_seeds_are_pooled(tmp_path):
@@ -155,22 +175,29 @@ def test_several_seeds_are_pooled(tmp_path):
     assert os.path.getsize(os.path.join(root, folder, "summary.png")) > 10_000
 
 
+def evaluations(root, flags_by_seed):
+    """The CB evaluation of one fake run per seed."""
+    out = []
+    for s, flags in flags_by_seed:
+        exp = fake_run(root, "CB", f"r{s}", lora(["q_proj"], 1, s), {"CB": flags})
+        m = json.load(open(os.path.join(exp, "metrics", "CB_metrics_update.json")))
+        out.append(get_eval_tasks.Evaluation(exp, "metrics", "CB", m))
+    return out
+
+
 def test_seed_interval_bootstrap_covers_the_mean_and_is_reproducible(tmp_path):
-    root = str(tmp_path)
-    runs = [get_eval_tasks.Run(f"r{s}", fake_run(root, "CB", f"r{s}", lora(["q_proj"], 1, s), {"CB": flags}),
-                               {}, {}, s) for s, flags in ((1, [True] * 6 + [False] * 4), (2, [True] * 8 + [False] * 2))]
-    lo, hi = get_eval_tasks.seed_interval(runs, "CB")
+    evs = evaluations(str(tmp_path), ((1, [True] * 6 + [False] * 4), (2, [True] * 8 + [False] * 2)))
+    lo, hi = get_eval_tasks.seed_interval(evs)
     assert lo < 0.7 < hi and 0.3 < lo and hi <= 1.0
-    assert get_eval_tasks.seed_interval(runs, "CB") == [lo, hi]
+    assert get_eval_tasks.seed_interval(evs) == [lo, hi]
 
 
 def test_seed_interval_carries_the_spread_between_seeds(tmp_path):
     """Two seeds at 20% and 80% on the same 100 examples: drawing the seeds too, a quarter of the replicates
     hold seed 1 twice (about 20%) and a quarter seed 2 twice (about 80%), so the interval spans most of
     [20, 80]; drawing the examples alone would give about 50 +- 7."""
-    runs = [get_eval_tasks.Run(f"r{s}", fake_run(str(tmp_path), "CB", f"r{s}", lora(["q_proj"], 1, s), {"CB": flags}),
-                               {}, {}, s) for s, flags in ((1, [True] * 20 + [False] * 80), (2, [True] * 80 + [False] * 20))]
-    lo, hi = get_eval_tasks.seed_interval(runs, "CB")
+    evs = evaluations(str(tmp_path), ((1, [True] * 20 + [False] * 80), (2, [True] * 80 + [False] * 20)))
+    lo, hi = get_eval_tasks.seed_interval(evs)
     assert lo < 0.3 and hi > 0.7
 
 
@@ -198,7 +225,7 @@ def test_a_tree_written_by_the_original_is_aggregated(tmp_path):
     assert set(results["race_high,CB"][os.path.basename(get_eval_tasks.short_name(ours))]) == {"race_high", "CB"}
     md = open(os.path.join(root, "['race_high', 'CB']", "summary.md")).read()
     row = [r for r in table(md) if r.startswith("| q,v+up (keys) |")][0].split(" | ")
-    assert row[1:4] == ["42.0 [–]", "75.0 [–]", "58.5"] and row[4] == "4,194,304"  # no interval can be computed
+    assert row[1:4] == ["42.0 [–]", "75.0 [–]", "58.5"] and row[4] == "4,194,304 |"  # no interval can be computed
     assert "| majority class | – | – |" in md
 
 

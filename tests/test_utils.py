@@ -9,6 +9,7 @@ import random
 import pytest
 
 import llama2_classification_multi_tasks as train
+import identity
 import prompts
 import utils
 from common import UserError
@@ -16,18 +17,50 @@ from conftest import MODEL, SAMPLE
 from prompts import TASKS
 
 
-def test_experiment_folder_name():
-    name = utils.experiment_dir("experiments", ["20_Newsgroups_Fixed", "boolq"], 0.99, 5, 8, 0.1,
-                                ["q_proj", "v_proj", "up_proj"], True)
-    assert name == ("experiments/20_Newsgroups_Fixed,boolq/classification-sampleFraction-0.99_epochs-5_rank-8_"
-                    "dropout-0.1-q_proj,v_proj,up_proj-4bit")
-    assert utils.experiment_dir("e", ["CB"], 0.5, 1, 4, 0.0, None, False) == \
-        "e/CB/classification-sampleFraction-0.5_epochs-1_rank-4_dropout-0.0-standard"
-    assert utils.experiment_dir("e", ["CB"], 0.99, 1, 8, 0.1, ["q_proj"], False, "completion").endswith(
-        "dropout-0.1-q_proj-loss-completion-standard")
-    assert utils.experiment_dir("e", ["CB"], 0.99, 1, 8, 0.1, ["q_proj"], False, shorten=True, seed=43).endswith(
-        "dropout-0.1-q_proj-shortened-seed43-standard")
-    assert utils.experiment_dir("e", ["CB"], 0.99, 1, 8, 0.1, ["q_proj"], False, seed=42).endswith("-q_proj-standard")
+def ident(**changes):
+    """The identity of the original's paper run (4-bit, q,v,up on two tasks) with `changes`."""
+    args = train.parse_args(["--tasks", "20_Newsgroups_Fixed", "boolq", "--bnb"])
+    base = identity.training(args, ["q_proj", "v_proj", "up_proj"], "bf16", 1, "d" * 12)
+    return {**base, **changes}
+
+
+def test_the_originals_settings_keep_the_originals_folder_name():
+    assert utils.experiment_dir("experiments", ident()) == (
+        "experiments/20_Newsgroups_Fixed,boolq/classification-sampleFraction-0.99_epochs-5_rank-8_dropout-0.1-"
+        "q_proj,v_proj,up_proj-4bit")
+    standard = ident(bnb=False, per_device_train_batch_size=4, gradient_accumulation_steps=16, target_modules=None,
+                     tasks=["CB"], train_sample_fraction=0.5, epochs=1, lora_r=4, dropout=0.0)
+    assert utils.experiment_dir("e", standard) == "e/CB/classification-sampleFraction-0.5_epochs-1_rank-4_dropout-0.0-standard"
+    named = utils.experiment_dir("e", ident(loss_on="completion", shorten_to_block=True, max_steps=3, seed=43))
+    assert named.endswith("-q_proj,v_proj,up_proj-loss-completion-shortened-steps3-seed43-4bit")
+
+
+# every setting that changes the trained adapter, and a value other than the original's
+RECIPE_CHANGES = {"model": "SmolLM2-135M-Instruct", "max_samples": 100, "per_device_train_batch_size": 8,
+                  "gradient_accumulation_steps": 1, "processes": 2, "learning_rate": 2e-3, "lora_alpha": 32,
+                  "max_seq_length": 256, "dtype": "fp32"}
+
+
+@pytest.mark.parametrize("key,value", RECIPE_CHANGES.items())
+def test_every_recipe_setting_changes_the_folder_by_a_stable_suffix(key, value):
+    base = identity.folder_name(ident())
+    changed = identity.folder_name(ident(**{key: value}))
+    assert changed != base and changed.startswith(base[: -len("-4bit")]) and changed.endswith("-4bit")
+    assert changed == identity.folder_name(ident(**{key: value}))  # stable
+    suffix = changed[len(base) - len("-4bit"): -len("-4bit")]
+    assert len(suffix) == len("-h12345678") and identity.hashed_part(ident(**{key: value}))[0] == {key: value}
+
+
+def test_every_training_setting_is_in_the_identity_and_compared():
+    """A reuse check that ignores a recipe setting would reuse a run made another way: each differs."""
+    a = ident()
+    for key, value in {**RECIPE_CHANGES, "epochs": 3, "lora_r": 4, "dropout": 0.05, "train_sample_fraction": 0.5,
+                       "target_modules": ["q_proj"], "bnb": False, "loss_on": "completion", "shorten_to_block": True,
+                       "max_steps": 5, "seed": 7, "tasks": ["CB"], "data": "e" * 12}.items():
+        assert key in identity.TRAINING
+        differ = identity.differences(a, {**a, key: value})
+        assert len(differ) == 1 and (key in differ[0] or key == "data"), (key, differ)
+    assert identity.differences(a, dict(a)) == []
 
 
 def test_tasks_of_either_folder_name():
@@ -214,8 +247,12 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_read_experiment_errors(tmp_path):
-    with pytest.raises(UserError, match="has no assets/"):
+    with pytest.raises(UserError, match="holds no training run"):
         utils.read_experiment(str(tmp_path))
+    (tmp_path / "checkpoint-2").mkdir()
+    with pytest.raises(UserError, match="its training did not finish .*--resume"):
+        utils.read_experiment(str(tmp_path))
+    (tmp_path / "checkpoint-2").rmdir()
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / "adapter_config.json").write_text("{not json")
     with pytest.raises(UserError, match="adapter_config.json is corrupt"):
@@ -247,33 +284,43 @@ def test_a_folder_written_by_the_original_is_read_from_its_names(tmp_path):
 # ---- precision and placement ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype,bnb,purpose,cpu_bf16,expected", [
-    ("auto", False, "train", False, ("fp32", False)),  # a CPU without bf16 units: fp32
-    ("auto", False, "train", True, ("bf16", True)),  # AMX: bf16 training under autocast
-    ("auto", False, "generate", True, ("fp32", False)),  # evaluation stays fp32 on a CPU
-    ("auto", False, "rank", True, ("fp32", False)),
-    ("bf16", False, "generate", False, ("bf16", False)),  # a given dtype wins; autocast only trains
-    ("fp16", False, "rank", False, ("fp16", False)),
-    ("auto", True, "train", False, ("fp32", False)),  # 4-bit computing in fp32 where bf16 is slow
-    ("auto", True, "train", True, ("bf16", False)),  # 4-bit computing in bf16 where native, no autocast on a CPU
+    ("auto", False, "train", False, ("fp32", False, "fp32")),  # bf16 not faster on this CPU: fp32
+    ("auto", False, "train", True, ("bf16", True, "fp32")),  # bf16 faster: autocast over an fp32 base, as the original
+    ("auto", False, "generate", True, ("fp32", False, "fp32")),  # evaluation stays fp32 on a CPU
+    ("auto", False, "rank", True, ("fp32", False, "fp32")),
+    ("bf16", False, "generate", False, ("bf16", False, "bf16")),  # a given dtype wins; autocast only trains
+    ("bf16", False, "train", False, ("bf16", True, "fp32")),
+    ("fp16", False, "rank", False, ("fp16", False, "fp16")),
+    ("auto", True, "train", False, ("fp32", False, "checkpoint")),  # 4-bit from the checkpoint's own weights
+    ("auto", True, "train", True, ("bf16", False, "checkpoint")),  # 4-bit computing in bf16, no autocast on a CPU
+    ("fp32", True, "train", True, ("fp32", False, "checkpoint")),  # a given dtype wins with 4-bit too
 ])
 def test_precision_on_a_cpu(dtype, bnb, purpose, cpu_bf16, expected):
     if __import__("torch").cuda.is_available():
         pytest.skip("a CPU's rules")
     p = utils.precision(dtype, bnb, purpose, bf16_cpu=cpu_bf16)
-    assert (p.dtype, p.autocast) == expected and p.bnb == bnb and not p.tf32 and p.why
+    assert (p.dtype, p.autocast, p.weights) == expected and p.bnb == bnb and not p.tf32 and p.why
 
 
-@pytest.mark.parametrize("caps,native", [({"amx_bf16": True, "avx512_bf16": True}, True), ({"bf16": True}, True),
-                                          ({"avx2": True, "avx512_bf16": True}, False), ({}, False)])
-def test_native_bf16_is_read_from_the_cpus_capabilities(monkeypatch, caps, native):
-    import torch
-
-    if torch.cuda.is_available():
+@pytest.mark.parametrize("speedup,chosen", [(2.3, "bf16"), (1.0, "fp32"), (0.01, "fp32")])
+def test_auto_trains_in_bf16_where_the_probe_measures_it_faster(monkeypatch, speedup, chosen):
+    if __import__("torch").cuda.is_available():
         pytest.skip("a CPU's rules")
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
-    assert utils.cpu_has_bf16_matmul() is native
-    assert utils.precision("auto", False, "train").dtype == ("bf16" if native else "fp32")  # what auto then picks
+    monkeypatch.setattr(utils, "cpu_bf16_speedup", lambda shape=None, cache=True: speedup)
+    p = utils.precision("auto", False, "train")
+    assert p.dtype == chosen and f"{speedup}x" in p.why  # the measurement is the reason, recorded
     assert utils.precision("auto", False, "generate").dtype == "fp32"
+
+
+def test_the_bf16_probe_measures_this_cpu_and_remembers(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(utils, "_probes", {})
+    ratio = utils.cpu_bf16_speedup((256, 128, 384))
+    assert ratio > 0
+    assert (tmp_path / "kv-lora" / "bf16-probe.json").is_file()
+    monkeypatch.setattr(utils, "_probes", {})  # another process on this machine: the same answer, not measured again
+    monkeypatch.setattr("torch.randn", lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured again")))
+    assert utils.cpu_bf16_speedup((256, 128, 384)) == ratio
 
 
 def test_precision_planned_for_a_gpu():

@@ -1,0 +1,120 @@
+"""The GPU check (`make gpu-check`): does the paper's setting work on this GPU, how fast, and does the memory
+plan hold? One command, at most about 8 minutes on one H200, one table at the end.
+
+1. Training: a Llama-2-7B-shaped model (random weights built from its configuration on the GPU, the embedded
+   tokenizer: no download) trained with --bnb through the training script's own code, at the paper's
+   per-device batch (32 blocks of 512 tokens, gradient checkpointing, LoRA r=8 on q_proj v_proj up_proj) for 20
+   optimizer steps: tokens/s over the steps after the first, peak GPU memory against the --dry_run estimate.
+2. Evaluation: 64 prompts of the sample data, batched greedy decoding against one prompt at a time, both on
+   the 4-bit base with a fresh adapter: how many of the 64 generations are equal.
+
+    python scripts/gpu_check.py [--steps 20] [--prompts 64]
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, HERE)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=20, help="optimizer steps timed (after one warm-up step)")
+    p.add_argument("--prompts", type=int, default=64, help="evaluation prompts compared")
+    p.add_argument("--batch", type=int, default=32, help="blocks per step (the paper's per-device batch)")
+    a = p.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu-check: no CUDA device visible (torch.cuda.is_available() is False); nothing to check")
+        sys.exit(1)
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+    import llama2_classification_multi_tasks as train
+    import llama2_classification_multi_tasks_inference as inference
+    import memory
+    import prompts
+    import utils
+
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(os.path.join(HERE, utils.EMBEDDED_MODEL))
+    config = LlamaConfig(**{**memory.LLAMA2_7B, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id,
+                            "pad_token_id": tok.pad_token_id, "torch_dtype": "float16"})
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(config).to(torch.float16)
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        del model
+        torch.cuda.empty_cache()
+        print(f"Llama-2-7B-shaped model written in {time.time() - t0:.0f} s", flush=True)
+
+        # 1. training, through the training script's own steps
+        argv = ["--pretrained_ckpt", folder, "--bnb", "--target_modules", "q_proj", "v_proj", "up_proj", "--tasks",
+                "boolq", "COPA", "CB", "RTE", "--data_root", os.path.join(HERE, "sample_data"), "--epochs", "100",
+                "--max_steps", str(a.steps + 1), "--per_device_train_batch_size", str(a.batch),
+                "--gradient_accumulation_steps", "1", "--save_steps", "100000"]
+        args = train.parse_args(argv)
+        tasks = train.check_args(args)
+        per_task, sources = train.load_training_examples(tasks, args)
+        cfg = utils.load_config(folder)
+        res = train.resolve_targets(args, cfg)
+        prec = utils.precision(args.dtype, True, "train")
+        place = utils.this_placement()
+        blocks = train.training_blocks(per_task, tok, args)
+        ident = train.run_identity(args, res, prec, 1, per_task)
+        plan = train.plan(args, "(gpu check)", cfg, sources, blocks, prec, place, True, res, ident)
+        torch.cuda.reset_peak_memory_stats()
+        model = train.add_lora(utils.load_base(folder, prec, place), args, prec, res)
+
+        class Clock(TrainerCallback):
+            stamps = []
+
+            def on_step_end(self, *args, **kwargs):
+                torch.cuda.synchronize()
+                self.stamps.append(time.perf_counter())
+
+        clock = Clock()
+        with tempfile.TemporaryDirectory() as out:
+            train.fit(model, tok, blocks, args, out, None, prec, place, callbacks=[clock])
+        per_step = (clock.stamps[-1] - clock.stamps[0]) / (len(clock.stamps) - 1)
+        peak = torch.cuda.max_memory_allocated()
+        est = plan["memory_estimate_bytes"]["total"]
+        rows.append(("training tokens/s (--bnb, batch %d x 512, checkpointing)" % a.batch,
+                     f"{a.batch * 512 / per_step:,.0f}"))
+        rows.append(("seconds per optimizer step", f"{per_step:.2f}"))
+        rows.append(("peak GPU memory (GiB)", f"{peak / 2**30:.1f}"))
+        rows.append(("--dry_run estimate (GiB)", f"{est / 2**30:.1f} ({est / peak:.2f}x the peak)"))
+        print(f"training done in {time.time() - t0:.0f} s", flush=True)
+
+        # 2. batched greedy against one at a time, 4-bit
+        model.eval()
+        task = prompts.TASKS["boolq"]
+        examples, _ = prompts.load(task, os.path.join(HERE, "sample_data"), task.eval_split)
+        examples = (examples * (a.prompts // len(examples) + 1))[: a.prompts]
+        ids = [tok(prompts.prompt_text(task, e.fields))["input_ids"] for e in examples]
+        t = time.perf_counter()
+        batched = inference.generate_task(model, tok, task, ids, prompts.choices(task), argparse.Namespace(
+            batch_size=64, max_new_tokens=20))
+        t_batched = time.perf_counter() - t
+        t = time.perf_counter()
+        alone = [inference.generate(model, tok, [i], 20)[0] for i in ids]
+        t_alone = time.perf_counter() - t
+        equal = sum(b is not None and b[0] == x[0] for b, x in zip(batched, alone))
+        rows.append((f"evaluation: batched greedy equal to one at a time (4-bit, {len(ids)} prompts)",
+                     f"{equal}/{len(ids)}"))
+        rows.append(("evaluation: batched speed-up", f"{t_alone / t_batched:.1f}x ({t_batched:.1f} s vs {t_alone:.1f} s)"))
+    print(f"\ngpu-check on {torch.cuda.get_device_name()} (torch {torch.__version__}), {time.time() - t0:.0f} s in all")
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,418 @@
+"""The kinds of fault people report against LoRA tools, each turned into inputs with the right outcome: a finished
+run never changed by --resume, a resume from the newest whole checkpoint, numbers that are not finite, over-long
+rows, 4-bit training on CPUs that repack their weights, interrupts, folders in use or given wrongly, file modes,
+missing evaluation data. The runs use a tiny random Llama (2 layers, the embedded tokenizer) and a dozen rows."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import experiment
+import identity
+import llama2_classification_multi_tasks as train
+import utils
+from common import UserError
+from conftest import EVAL, ROOT, SAMPLE, TRAIN, free_port, only_dir, run, small_llama
+
+SHARED = ["--max_seq_length", "64", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
+          "--dropout", "0", "--target_modules", "q_proj", "v_proj"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return small_llama(tmp_path_factory.mktemp("model"), layers=2)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """D/CB: the first 12 training and 8 validation rows of sample_data/CB."""
+    root = tmp_path_factory.mktemp("D")
+    (root / "CB").mkdir()
+    for split, n in (("train", 12), ("validation", 8)):
+        with open(os.path.join(SAMPLE, "CB", f"{split}.jsonl")) as f:
+            (root / "CB" / f"{split}.jsonl").write_text("".join(f.readlines()[:n]))
+    return str(root)
+
+
+def training(model, data, out, *extra):
+    return ["--pretrained_ckpt", model, "--data_root", data, "--tasks", "CB", "--output_root", out, *SHARED, *extra]
+
+
+def files(exp):
+    """{path: bytes} of what a finished run's record and results hold."""
+    names = ["experiment.json", "results.json", "results.pkl", "assets/adapter_model.safetensors"]
+    return {n: open(os.path.join(exp, n), "rb").read() for n in names}
+
+
+# ---- 1. a finished run is never changed except by --overwrite -----------------------------------------------
+
+@pytest.mark.parametrize("length", [["--max_samples", "3", "--epochs", "1"], ["--max_steps", "2"]])
+def test_resume_on_a_finished_run_says_so_and_changes_nothing(model, data, tmp_path, length):
+    argv = training(model, data, str(tmp_path), "--save_steps", "1", *length)
+    run(TRAIN, *argv)
+    exp = only_dir(str(tmp_path))
+    before = files(exp)
+    p = run(TRAIN, *argv, "--resume")
+    assert "finished run with these settings" in p.stdout and "nothing to do" in p.stdout
+    assert files(exp) == before and json.loads(before["results.json"])["train_loss"] > 0
+
+
+def make_partial(exp, keep):
+    """What an interrupted run leaves: no record, no assets, and only the checkpoints up to step `keep`."""
+    for name in ("experiment.json", "results.json", "results.pkl", "assets"):
+        path = os.path.join(exp, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+    for step, path in experiment.checkpoints(exp):
+        if step > keep:
+            shutil.rmtree(path)
+
+
+def test_resume_uses_the_newest_whole_checkpoint_and_the_loss_of_every_step(model, data, tmp_path):
+    from safetensors.torch import load_file
+
+    argv = training(model, data, str(tmp_path), "--max_steps", "4", "--save_steps", "1")
+    run(TRAIN, *argv)
+    exp = only_dir(str(tmp_path))
+    whole = json.load(open(os.path.join(exp, "experiment.json")))
+    adapter = load_file(os.path.join(exp, "assets", "adapter_model.safetensors"))
+    make_partial(exp, keep=4)
+    os.unlink(os.path.join(exp, "checkpoint-4", "trainer_state.json"))  # cut off while writing
+    with open(os.path.join(exp, "checkpoint-3", "adapter_model.safetensors"), "r+b") as f:
+        f.truncate(20)
+    os.makedirs(os.path.join(exp, "checkpoint-final"))  # not checkpoint-<number>: ignored
+    p = run(TRAIN, *argv, check=False)
+    assert p.returncode == 2 and "partial run" in p.stderr
+    p = run(TRAIN, *argv, "--resume")
+    skipped = [line for line in p.stdout.splitlines() if line.startswith("--resume: skipping")]
+    assert len(skipped) == 2 and "checkpoint-4: no trainer_state.json" in skipped[0]
+    assert "checkpoint-3: adapter weights unreadable" in skipped[1] and "checkpoint-final" not in p.stdout
+    assert "continuing from" in p.stdout and "checkpoint-2 (step 2)" in p.stdout
+    resumed = json.load(open(os.path.join(exp, "experiment.json")))
+    assert resumed["global_step"] == 4
+    # the mean over all four steps (two read back from checkpoint-2's log history), as the uninterrupted run
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-5)
+    for k, v in load_file(os.path.join(exp, "assets", "adapter_model.safetensors")).items():
+        assert (v - adapter[k]).abs().max() < 1e-5, k
+
+
+def checkpoint(folder, number, **broken):
+    """A checkpoint folder as the Trainer writes it, with parts left out or broken on request."""
+    from safetensors.torch import save_file
+
+    step = number
+    path = os.path.join(folder, f"checkpoint-{number}")
+    os.makedirs(path)
+    if broken.get("state") != "missing":
+        text = "{not json" if broken.get("state") == "corrupt" else json.dumps(
+            {"global_step": broken.get("step", step), "log_history": []})
+        open(os.path.join(path, "trainer_state.json"), "w").write(text)
+    if broken.get("weights") != "missing":
+        save_file({"a.lora_A.weight": torch.ones(2, 2)}, os.path.join(path, "adapter_model.safetensors"))
+    for name in ("optimizer.pt", "scheduler.pt"):
+        if broken.get(name) != "missing":
+            open(os.path.join(path, name), "wb").write(b"" if broken.get(name) == "empty" else b"x")
+    return path
+
+
+@pytest.mark.parametrize("broken,why", [
+    ({"state": "missing"}, "no trainer_state.json"),
+    ({"state": "corrupt"}, "trainer_state.json unreadable"),
+    ({"step": 9}, "says step 9, not 3"),
+    ({"weights": "missing"}, "no adapter weights"),
+    ({"optimizer.pt": "missing"}, "no optimizer state"),
+    ({"optimizer.pt": "empty"}, "optimizer.pt is empty"),
+    ({"scheduler.pt": "missing"}, "no scheduler state"),
+])
+def test_a_checkpoint_that_is_not_whole_is_skipped_with_its_reason(tmp_path, broken, why):
+    checkpoint(str(tmp_path), 1)
+    checkpoint(str(tmp_path), 3, **broken)
+    os.makedirs(tmp_path / "checkpoint-4.tmp")
+    lines = []
+    step, path = experiment.newest_whole_checkpoint(str(tmp_path), report=lines.append)
+    assert step == 1 and path.endswith("checkpoint-1")
+    assert len(lines) == 1 and "checkpoint-3" in lines[0] and why in lines[0]
+    assert experiment.checkpoint_problem(checkpoint(str(tmp_path), 5), 5) is None
+
+
+# ---- run identity: reuse and resume only with the same settings -----------------------------------------------
+
+def record_with(tmp_path, **changes):
+    args = train.parse_args(["--tasks", "CB", "--output_root", str(tmp_path)])
+    ident = identity.training(args, ["q_proj"], "fp32", 1, "abc")
+    return args, ident, {**ident, **changes}
+
+
+def test_a_finished_run_is_reused_only_with_the_same_identity(tmp_path):
+    args, ident, other = record_with(tmp_path, learning_rate=1e-3)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    utils.write_json(str(exp / "experiment.json"), {"kind": "lora", "identity": other, "args": {}})
+    with pytest.raises(UserError, match=r"other settings \(--learning_rate 0.001 -> 0.0002\)"):
+        train.check_folder(str(exp), args, ident)
+    utils.write_json(str(exp / "experiment.json"), {"kind": "lora", "identity": {**ident, "data": "xyz"}, "args": {}})
+    with pytest.raises(UserError, match="the training rows"):
+        train.check_folder(str(exp), args, ident)
+    utils.write_json(str(exp / "experiment.json"), {"kind": "lora", "identity": ident, "args": {}})
+    args.resume = True
+    with pytest.raises(train.Finished):
+        train.check_folder(str(exp), args, ident)
+
+
+def test_resume_with_other_settings_names_them(tmp_path):
+    args, ident, other = record_with(tmp_path, per_device_train_batch_size=8)
+    exp = tmp_path / "CB" / "started"
+    exp.mkdir(parents=True)
+    utils.write_json(str(exp / "identity.json"), {"identity": other})
+    args.resume = True
+    with pytest.raises(UserError, match=r"started with other settings \(--per_device_train_batch_size 8 -> 4\)"):
+        train.check_folder(str(exp), args, ident)
+    # --resume with a new flag lands in a new folder: the interrupted run beside it is named, not silently left
+    with pytest.raises(UserError, match=r"holds an interrupted run that differs \(--per_device_train_batch_size 8"):
+        train.check_folder(str(tmp_path / "CB" / "new"), args, ident)
+
+
+def test_the_loss_is_logged_at_least_20_times(tmp_path):
+    args = train.parse_args(["--tasks", "CB"])
+    assert [train.logging_interval(args, n) for n in (10, 45, 1000)] == [1, 2, 50]
+    args.logging_steps = 7
+    assert train.logging_interval(args, 1000) == 7
+
+
+def test_train_loss_is_read_back_from_the_log_history():
+    history = [{"loss": 2.0, "step": 2}, {"loss": 1.0, "step": 3}, {"loss": 0.5, "step": 5}, {"train_loss": 9, "step": 5}]
+    assert train.train_loss_of(history, 5) == pytest.approx((2 * 2 + 1 + 0.5 * 2) / 5)
+    assert train.train_loss_of(history, 6) is None  # a history that misses steps gives no mean
+
+
+# ---- 4. a non-finite number is never scored ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def overflowing(model, tmp_path_factory):
+    """The tiny Llama with one layer's up_proj scaled by 1e5 and its down_proj by 1e-5: the same function in
+    fp32, past fp16's range (65504) inside the feed-forward."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    mlp = m.model.layers[0].mlp
+    with torch.no_grad():
+        mlp.up_proj.weight *= 1e5
+        mlp.down_proj.weight *= 1e-5
+    folder = str(tmp_path_factory.mktemp("overflow") / "overflowing")
+    m.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(model).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("scoring", ["rank", "generate"])
+def test_non_finite_scores_stop_the_task_and_write_no_metrics(overflowing, data, tmp_path, scoring):
+    out = str(tmp_path / "out")
+    base = ["--pretrained_ckpt", overflowing, "--tasks", "CB", "--data_root", data, "--output_root", out,
+            "--scoring", scoring, "--max_new_tokens", "3"]
+    p = run(EVAL, *base, "--dtype", "fp16", check=False)
+    err = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode == 2 and len(err) == 1 and "Traceback" not in p.stderr
+    assert ("nan" in err[0] or "inf" in err[0]) and "--dtype" in err[0] and "no metrics written for CB" in err[0]
+    assert not os.path.exists(out)  # no metrics, no record, no folder
+    run(EVAL, *base, "--dtype", "fp32")  # the same function in fp32 is finite and scored
+    assert os.path.isfile(utils.metrics_path(os.path.join(out, "CB", "base-overflowing"), "CB",
+                                             "metrics" + ("-rank" if scoring == "rank" else "-new3") + "-fp32"))
+
+
+def test_a_non_finite_training_loss_stops_the_run(model):
+    prec = utils.precision("fp32", False, "train", bf16_cpu=False)
+    m = train.add_lora(utils.load_base(model, prec, utils.placement(0, False)), train.parse_args(
+        ["--tasks", "CB", "--target_modules", "q_proj"]), prec)
+    loss, restore = train.output_layer_in_the_loss(m)
+    ids = torch.randint(0, 100, (1, 8))
+    out = m(input_ids=ids)
+    out.logits[0, 2, 0] = float("nan")
+    with pytest.raises(train.NonFinite, match="nan"):
+        loss(out, ids)
+    restore()
+
+
+# ---- 5. an over-long row is handled ------------------------------------------------------------------------
+
+def test_a_row_that_cannot_fit_is_skipped_and_the_task_goes_on(model, tmp_path):
+    root = tmp_path / "data"
+    (root / "boolq").mkdir(parents=True)
+    rows = [json.loads(line) for line in open(os.path.join(SAMPLE, "boolq", "validation.jsonl"))][:6]
+    rows[2]["question"] = " ".join(["is the long question about the library"] * 18)  # about 125 tokens
+    (root / "boolq" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = str(tmp_path / "out")
+    p = run(EVAL, "--pretrained_ckpt", model, "--tasks", "boolq", "--data_root", str(root), "--output_root", out,
+            "--max_input_length", "64", "--max_new_tokens", "2")
+    exp = os.path.join(out, "boolq", "base-small-llama")
+    folder = "metrics-new2-len64"
+    m = json.load(open(utils.metrics_path(exp, "boolq", folder)))
+    assert m["skipped"] == 1 and m["n"] == 5 and "1 of 6 rows skipped" in p.stdout and "'question'" in p.stdout
+    preds = [json.loads(line) for line in open(utils.predictions_path(exp, "boolq", folder))]
+    assert [r["id"] for r in preds if r.get("skipped")] == [2] and "'question' is" in preds[2]["skipped"]
+    assert len([r for r in preds if "prediction" in r]) == 5
+    # every row too long: one line naming the row and the field, and no folder holding a record without results
+    out2 = str(tmp_path / "out2")
+    p = run(EVAL, "--pretrained_ckpt", model, "--tasks", "boolq", "--data_root", str(root), "--output_root", out2,
+            "--max_input_length", "20", check=False)
+    assert p.returncode == 2 and "every row's prompt is too long (row 0:" in p.stderr and "--max_input_length" in p.stderr
+    assert not os.path.exists(out2)
+
+
+# ---- 6. 4-bit training gets its gradients on every CPU --------------------------------------------------------
+
+def test_4bit_lora_gets_gradients_after_an_eval_mode_forward(model):
+    import bitsandbytes as bnb
+
+    prec = utils.precision("auto", True, "train")
+    args = train.parse_args(["--tasks", "CB", "--bnb", "--target_modules", "q_proj", "v_proj", "up_proj",
+                             "--no-gradient_checkpointing"])
+    m = train.add_lora(utils.load_base(model, prec, utils.placement(0, False)), args, prec)
+    layers = [x for x in m.modules() if isinstance(x, bnb.nn.Linear4bit)]
+    assert layers and all(x.support_avx512bf16_for_cpu is False for x in layers)
+    ids = torch.randint(0, 100, (2, 16))
+    m.eval()
+    with torch.no_grad():
+        m(input_ids=ids)  # where bitsandbytes repacks its CPU weights, unless told not to
+    m.train()
+    m(input_ids=ids, labels=ids).loss.backward()
+    grads = {n: p.grad for n, p in m.named_parameters() if "lora_B" in n}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
+def test_4bit_weights_are_quantised_from_the_checkpoints_own_fp16_values(model, tmp_path):
+    """Llama-2 is stored in fp16: its 4-bit weights must be those quantised from the fp16 values, not from a
+    bf16 copy (which drops three mantissa bits of every weight)."""
+    import bitsandbytes.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    fp16 = str(tmp_path / "fp16")
+    AutoModelForCausalLM.from_pretrained(model, dtype=torch.float16).save_pretrained(fp16)
+    AutoTokenizer.from_pretrained(model).save_pretrained(fp16)
+    w16 = AutoModelForCausalLM.from_pretrained(fp16, dtype=torch.float16).model.layers[0].mlp.up_proj.weight.data
+    prec = utils.precision("auto", True, "train")
+    loaded = utils.load_base(fp16, prec, utils.placement(0, False))
+    layer = loaded.model.layers[0].mlp.up_proj
+    ours = F.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+
+    def quantised_from(w):
+        q, state = F.quantize_4bit(w, quant_type="nf4", compress_statistics=True)
+        return F.dequantize_4bit(q, state).float()
+
+    assert torch.equal(ours, quantised_from(w16))
+    assert not torch.equal(ours, quantised_from(w16.to(torch.bfloat16)))  # the check can tell the two apart
+    assert loaded.model.embed_tokens.weight.dtype == torch.float16  # the layers not in 4-bit kept exact
+
+
+# ---- 7 and 8: processes, interrupts, folders in use, folders given wrongly --------------------------------------
+
+def start(argv):
+    return subprocess.Popen([sys.executable, TRAIN, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def wait_for(pattern_dir, name, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        found = [d for d in experiment.checkpoints(pattern_dir) if os.path.isfile(os.path.join(d[1], name))] \
+            if os.path.isdir(pattern_dir) else []
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"no checkpoint appeared: {proc.communicate()[1][-2000:]}")
+
+
+@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted: checkpoint-"),
+                                           (signal.SIGUSR1, train.RESUMABLE, "stopped on SIGUSR1 at step")])
+def test_an_interrupt_says_what_was_kept_and_how_to_continue(model, data, tmp_path, sig, code, said):
+    out = str(tmp_path / "out")
+    argv = training(model, data, out, "--max_steps", "400", "--save_steps", "1")
+    proc = start(argv)
+    exp = None
+    deadline = time.time() + 300
+    while exp is None and time.time() < deadline and proc.poll() is None:
+        dirs = [d for d in (os.listdir(os.path.join(out, "CB")) if os.path.isdir(os.path.join(out, "CB")) else [])]
+        exp = os.path.join(out, "CB", dirs[0]) if dirs else None
+        time.sleep(0.1)
+    wait_for(exp, "scheduler.pt", proc)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == code, stderr[-2000:]
+    lines = [line for line in stderr.splitlines() if said in line]
+    assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in stderr
+    assert experiment.state(exp) == "partial" and experiment.newest_whole_checkpoint(exp, report=lambda x: None)
+    if sig == signal.SIGUSR1:  # saved at the step it stopped at
+        step = int(lines[0].split("at step ")[1].split(":")[0])
+        assert experiment.checkpoints(exp)[-1][0] == step
+
+
+def test_a_folder_in_use_is_refused_in_one_line(model, data, tmp_path):
+    out = str(tmp_path / "out")
+    argv = training(model, data, out, "--max_steps", "1")
+    plan = json.loads(run(TRAIN, *argv, "--dry_run").stdout.strip().splitlines()[-1])
+    with experiment.lock(plan["experiment_dir"], "training"):
+        p = run(TRAIN, *argv, check=False)
+        assert p.returncode == 2 and "is in use by training (pid" in p.stderr and "Traceback" not in p.stderr
+        with pytest.raises(UserError, match="still being trained"):
+            utils.read_experiment(plan["experiment_dir"])
+    run(TRAIN, *argv)  # the lock went with its holder
+
+
+def test_a_wrong_experiment_dir_is_told_apart_from_an_unfinished_run(tmp_path):
+    exp = tmp_path / "CB" / "classification-run"
+    (exp / "assets").mkdir(parents=True)
+    (exp / "assets" / "adapter_config.json").write_text('{"target_modules": ["q_proj"]}')
+    (exp / "metrics").mkdir()
+    (exp / "checkpoint-2").mkdir()
+    (exp / "experiment.json").write_text("{}")
+    for path, message in ((exp / "assets", "is the adapter folder of an experiment: give its experiment folder"),
+                          (exp / "metrics", "is inside an experiment"), (exp / "checkpoint-2", "is inside an experiment"),
+                          (tmp_path / "CB", "is a tasks folder holding experiments, not an experiment")):
+        with pytest.raises(UserError, match=message):
+            utils.read_experiment(str(path))
+
+
+def test_accelerate_tests_take_a_free_port():
+    import socket
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # it really is free
+
+
+# ---- 9. files others can read ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_results_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        utils.write_json(str(tmp_path / "a.json"), {"x": 1})
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a.json").st_mode & 0o777 == mode
+
+
+def test_a_replaced_file_keeps_its_mode(tmp_path):
+    path = tmp_path / "summary.md"
+    path.write_text("old")
+    os.chmod(path, 0o640)
+    utils.atomic_write(str(path), "new")
+    assert path.read_text() == "new" and os.stat(path).st_mode & 0o777 == 0o640
+
+
+# ---- 10. missing evaluation data found before training ---------------------------------------------------------
+
+def test_training_warns_when_the_evaluation_split_is_missing(model, tmp_path):
+    root = tmp_path / "data"
+    (root / "CB").mkdir(parents=True)
+    shutil.copy(os.path.join(SAMPLE, "CB", "train.jsonl"), root / "CB" / "train.jsonl")
+    p = run(TRAIN, *training(model, str(root), str(tmp_path / "out"), "--max_steps", "1"), "--dry_run")
+    warnings = [line for line in p.stdout.splitlines() if line.startswith("warning: CB")]
+    assert len(warnings) == 1 and "validation" in warnings[0] and str(root / "CB") in warnings[0]
+    p = run(TRAIN, *training(model, SAMPLE, str(tmp_path / "out"), "--max_steps", "1"), "--dry_run")
+    assert "warning:" not in p.stdout
