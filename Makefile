@@ -8,7 +8,7 @@ MODEL := models/SmolLM2-135M-Instruct
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model test test-fast study bench sample-data clean
+.PHONY: setup model test test-fast study bench gpu-check sample-data clean
 
 setup: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -39,6 +39,10 @@ study: model
 bench: model
 	$(PY) -m pip install -q -r bench/requirements.txt -c requirements.txt
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) bench/bench.py
+
+# on a machine with a CUDA GPU: 20 --bnb steps of a Llama-2-7B-shaped model and 4-bit batched evaluation (one table)
+gpu-check: model
+	HF_HUB_OFFLINE=1 $(PY) scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) models

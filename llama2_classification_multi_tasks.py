@@ -25,6 +25,7 @@ from dataclasses import asdict
 
 import datafiles
 import experiment
+import fsdp
 import identity
 import memory
 import prompts
@@ -36,6 +37,13 @@ CARDS_GIB = (24, 40, 48, 80)  # the common GPU sizes a --dry_run checks the esti
 
 
 RESUMABLE = 75  # exit code of a run stopped on request (SIGUSR1/SIGTERM) after saving a checkpoint: run it again
+
+
+def dry_run_target(value):
+    """--dry_run's value: 'here', 'gpu' or 'fsdp:N' (N processes, one GPU each)."""
+    if value in ("here", "gpu") or (value.startswith("fsdp:") and value[5:].isdigit() and int(value[5:]) > 1):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: give nothing (this machine), gpu, or fsdp:N with N >= 2 GPUs")
 
 
 def build_parser():
@@ -86,9 +94,9 @@ def build_parser():
     n.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=None,
                    help="recompute each layer's activations in the backward pass (default: on with --bnb, as the "
                         "original's prepare_model_for_kbit_training; off without)")
-    n.add_argument("--dry_run", nargs="?", const="here", choices=["here", "gpu"], default=None,
-                   help="print the plan and the peak-memory estimate, load no weights, write nothing; "
-                        "`--dry_run gpu` plans for one bf16-capable GPU")
+    n.add_argument("--dry_run", nargs="?", const="here", type=dry_run_target, default=None, metavar="WHERE",
+                   help="print the plan and the peak-memory estimate, load no weights, write nothing: for this "
+                        "machine (no value), one bf16-capable GPU (`gpu`) or FSDP over N such GPUs (`fsdp:N`)")
     n.add_argument("--logging_steps", type=int, default=None,
                    help="log the training loss every N optimizer steps (default: enough for 20 points per run)")
     n.add_argument("--save_steps", type=int, default=2000, help="checkpoint every N optimizer steps")
@@ -328,9 +336,10 @@ def lora_config(args, res=None):
                       task_type="CAUSAL_LM", target_modules=modules, target_parameters=parameters)
 
 
-def plan(args, out, config, sources, blocks, prec, place, cuda, res, ident, processes=1):
+def plan(args, out, config, sources, blocks, prec, place, cuda, res, ident, processes=1, fsdp=False):
     """Everything the run would do, from the config alone: LoRA applied to the model on the meta device (no
-    weights) for the parameter counts, and the memory estimate per device."""
+    weights) for the parameter counts, and the memory estimate per device (under FSDP, the weights, adapter and
+    optimizer state divided over the processes)."""
     from peft import get_peft_model
 
     model = utils.meta_model(config, args.trust_remote_code)
@@ -341,7 +350,8 @@ def plan(args, out, config, sources, blocks, prec, place, cuda, res, ident, proc
     counted = sum(y != -100 for b in blocks for y in b["labels"]) / max(1, sum(len(b["labels"]) for b in blocks))
     estimate = memory.estimate(config, targets, args.lora_r, args.dropout, prec, cuda, args.per_device_train_batch_size,
                                args.max_seq_length, args.gradient_checkpointing,
-                               1.0 if args.loss_on == "all" else counted, trainable, weights)
+                               1.0 if args.loss_on == "all" else counted, trainable, weights,
+                               shards=processes if fsdp else 1)
     steps = optimizer_steps(len(blocks), args, processes)
     return {
         "experiment_dir": out, "folder": experiment.state(out),
@@ -354,7 +364,7 @@ def plan(args, out, config, sources, blocks, prec, place, cuda, res, ident, proc
         "roles": dict(res.roles), "adapted": [list(p) for p in res.paths],
         "trainable_params": trainable, "total_params": total,
         "gradient_checkpointing": args.gradient_checkpointing, "device": "gpu" if cuda else "cpu",
-        "precision": asdict(prec), "placement": place.what, "identity": ident,
+        "fsdp": processes if fsdp else None, "precision": asdict(prec), "placement": place.what, "identity": ident,
         "memory_estimate_bytes": estimate,
         "fits_gib": {str(g): memory.fits(estimate["total"], g) for g in CARDS_GIB} if cuda else None,
     }
@@ -411,8 +421,11 @@ def output_layer_in_the_loss(model):
     """Move the output layer from the model's forward into the loss: the model returns its final hidden states,
     and the loss applies the output layer only at the positions whose loss counts (a few per text with
     --loss_on completion), a chunk of rows at a time, so that no full batch of logits is ever held.
-    Returns (loss function for the Trainer's compute_loss_func, a function that puts the layer back)."""
+    The layer stays in the model (only its forward becomes a pass-through), so that FSDP2 shards and gathers it
+    like any layer. Returns (loss function for the Trainer's compute_loss_func, a function that puts its forward
+    back)."""
     import torch
+    from torch.distributed.tensor import DTensor
 
     class ChunkedCrossEntropy(torch.autograd.Function):
         """Summed cross-entropy of hidden @ weight.T against the targets, a chunk of rows at a time. The gradient
@@ -446,17 +459,24 @@ def output_layer_in_the_loss(model):
     head = base.get_output_embeddings()
     if head.weight.requires_grad or getattr(head, "bias", None) is not None:
         raise UserError("the output layer is trained or has a bias: the chunked loss does not support it")
-    base.set_output_embeddings(torch.nn.Identity())
+
+    head.forward = lambda hidden: hidden  # an instance attribute: the layer stays in the model (FSDP shards it)
 
     def loss(outputs, labels, num_items_in_batch=None):
         hidden, targets = outputs.logits[:, :-1], labels[:, 1:]  # position t predicts token t + 1
         keep = targets != -100
-        total = ChunkedCrossEntropy.apply(hidden[keep], head.weight, targets[keep])
+        weight = head.weight
+        if isinstance(weight, DTensor):  # a shard under FSDP2 (accelerate's wrapping usually hands the whole one)
+            weight = weight.full_tensor()
+        total = ChunkedCrossEntropy.apply(hidden[keep], weight, targets[keep])
         if not torch.isfinite(total):
             raise NonFinite(f"the training loss is {total.item()}")
         return total / (num_items_in_batch if num_items_in_batch is not None else keep.sum())
 
-    return loss, lambda: base.set_output_embeddings(head)
+    def restore():
+        del head.forward  # nn.Linear's own forward again
+
+    return loss, restore
 
 
 def logging_interval(args, steps):
@@ -476,7 +496,8 @@ def training_arguments(args, out, prec, place, logging_steps=None):
         learning_rate=args.learning_rate,
         lr_scheduler_type="constant",
         max_grad_norm=0.3,
-        optim="paged_adamw_32bit" if args.bnb and place.n_gpu else "adamw_torch",
+        # bitsandbytes' optimizers cannot step FSDP2's DTensors; LoRA's optimizer state is small anyway
+        optim="paged_adamw_32bit" if args.bnb and place.n_gpu and not fsdp.requested() else "adamw_torch",
         bf16=prec.autocast,
         tf32=prec.tf32,
         logging_steps=logging_steps or args.logging_steps or 100,
@@ -540,6 +561,10 @@ def fit(model, tokenizer, blocks, args, out, resume_from, prec, place, logging_s
     from transformers import Trainer, default_data_collator
     from transformers.integrations import TensorBoardCallback
 
+    import torch
+
+    if fsdp.requested() and not torch.cuda.is_available():
+        fsdp.allow_on_cpu()  # 2 CPU processes on gloo (the tests): accelerate would otherwise run DDP, silently
     targs = training_arguments(args, out, prec, place, logging_steps)
     callbacks = [control or run_control(), *callbacks]
     if targs.process_index == 0:
@@ -547,6 +572,10 @@ def fit(model, tokenizer, blocks, args, out, resume_from, prec, place, logging_s
     loss, restore = output_layer_in_the_loss(model)
     trainer = Trainer(model=model, args=targs, train_dataset=blocks, data_collator=default_data_collator,
                       processing_class=tokenizer, callbacks=callbacks, compute_loss_func=loss)
+    if fsdp.requested():
+        fsdp.check_active(trainer)  # asked for and not running: one line, before any step
+        fsdp.no_casts(trainer)
+        trainer.add_callback(fsdp.checked_at_start(trainer))  # and the prepared model really sharded
     try:
         result = trainer.train(resume_from_checkpoint=resume_from)
     finally:
@@ -558,7 +587,7 @@ def steps_per_epoch(n_blocks, args, processes=1):
     return optimizer_steps(n_blocks, argparse.Namespace(**{**vars(args), "max_steps": -1, "epochs": 1}), processes)
 
 
-def save_experiment(trainer, tokenizer, args, out, record):
+def save_experiment(trainer, tokenizer, args, out, record, adapter=None):
     """The original's files (adapter and tokenizer in assets/, the parameter-count file, results.pkl)
     plus results.json and experiment.json (written last: it marks the run finished), each written whole or not
     at all. The train loss is the mean over all of the run's steps, a resumed run's included."""
@@ -566,7 +595,7 @@ def save_experiment(trainer, tokenizer, args, out, record):
     utils.atomic_write(os.path.join(out, f"{trainable}_total_{total}.txt"), f"{trainable}\n{total}\n{trainable / total}\n")
     tmp_assets = os.path.join(out, ".assets-tmp")
     shutil.rmtree(tmp_assets, ignore_errors=True)
-    trainer.model.save_pretrained(tmp_assets)
+    trainer.model.save_pretrained(tmp_assets, state_dict=adapter)  # adapter: gathered from FSDP's shards, or None
     tokenizer.save_pretrained(tmp_assets)
     check_saved_adapter(tmp_assets, record["trainable_params"])
     shutil.rmtree(os.path.join(out, "assets"), ignore_errors=True)
@@ -622,10 +651,11 @@ def main(argv=None):
     ckpt = utils.resolve_checkpoint(args.pretrained_ckpt)
     config = utils.load_config(ckpt, args.trust_remote_code)
     res = resolve_targets(args, config)
-    gpu = args.dry_run == "gpu"
+    gpu = args.dry_run is not None and args.dry_run != "here"
+    sharded = int(args.dry_run[5:]) if args.dry_run and args.dry_run.startswith("fsdp:") else 0
     prec = utils.precision(args.dtype, args.bnb, "train", device="gpu" if gpu else None, shape=probe_shape(config))
-    place = utils.placement(1, False) if gpu else utils.this_placement()
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    place = utils.placement(1, sharded > 1, fsdp=sharded > 1) if gpu else utils.this_placement()
+    processes = sharded or int(os.environ.get("WORLD_SIZE", "1"))
     ident = run_identity(args, res, prec, processes, per_task)
     out = experiment_folder(args, ident)
     tokenizer = utils.load_tokenizer(ckpt, args.trust_remote_code)
@@ -635,7 +665,8 @@ def main(argv=None):
     print(f"{len(blocks)} blocks of {args.max_seq_length} tokens, loss on {args.loss_on}, {steps} optimizer steps, "
           f"the loss logged every {logging_steps}")
     if args.dry_run:
-        print_plan(plan(args, out, config, sources, blocks, prec, place, gpu or place.n_gpu > 0, res, ident, processes))
+        print_plan(plan(args, out, config, sources, blocks, prec, place, gpu or place.n_gpu > 0, res, ident, processes,
+                        fsdp=bool(sharded) or fsdp.requested()))
         return
     try:
         resume_from = check_folder(out, args, ident)
@@ -643,9 +674,10 @@ def main(argv=None):
         print(done)
         return
 
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # on CPUs plain PartialState() makes every process main
     with experiment.lock(out, "training") if state.is_main_process else _nothing():
         model = utils.load_base(ckpt, prec, place, args.trust_remote_code)
         model = add_lora(model, args, prec, res)
@@ -674,8 +706,9 @@ def main(argv=None):
             print(f"stopped on {control.stop_requested} at step {trainer.state.global_step}: {kept(out)}; continue "
                   f"with: {continue_command()}", file=sys.stderr)
             sys.exit(RESUMABLE)
+        adapter = fsdp.full_adapter_state_dict(trainer.model) if trainer.is_fsdp_enabled else None  # all processes
         if state.is_main_process:
-            loss = save_experiment(trainer, tokenizer, args, out, {
+            loss = save_experiment(trainer, tokenizer, args, out, adapter=adapter, record={
                 "kind": "lora", "args": {**vars(args), "logging_steps": logging_steps}, "identity": ident,
                 "identity_suffix": identity.hashed_part(ident)[0], "base_checkpoint": ckpt,
                 "target_modules": adapted_names(res) or sorted(model.peft_config["default"].target_modules),

@@ -3,7 +3,8 @@
 The terms, in bytes:
   weights                 the base model: 4-bit nf4 linear layers (0.5 byte a weight + double-quantised
                           scales) with every other weight in fp32 (as peft's prepare_model_for_kbit_training
-                          leaves them), or every weight in the run's dtype
+                          leaves them), or every weight in the dtype it is loaded in; under FSDP 1/N of it, plus
+                          what FSDP gathers whole (one decoder layer, the embeddings and output layer)
   adapter_and_optimizer   LoRA's trainable weights in fp32: weight, gradient and AdamW's two moments (16 bytes)
   activations             what autograd keeps from the forward pass for the backward pass (below)
   backward                one layer's activations again: the layer recomputed under checkpointing, and a
@@ -32,6 +33,10 @@ the activation term against autograd's saved tensors, counted with saved_tensors
 import math
 
 GIB = 2**30
+LLAMA2_70B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192,
+              "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
+              "vocab_size": 32000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+              "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False}  # Llama-2-70B, by hand
 LLAMA2_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
              "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
              "vocab_size": 32000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "hidden_act": "silu",
@@ -79,10 +84,12 @@ def layer_activation_bytes(s, targets, r, dropout, prec, cuda):
 
 
 def estimate(config, targets, lora_r, dropout, prec, cuda, batch, seq, gradient_checkpointing, counted_fraction,
-             trainable, weights):
+             trainable, weights, shards=1):
     """The estimate's terms in bytes (see the module's docstring), and their total: the peak on one device.
     `weights` is (linear weights in the decoder layers, every other weight) and `counted_fraction` the share of
-    positions whose loss is counted (1 for --loss_on all)."""
+    positions whose loss is counted (1 for --loss_on all). `shards` > 1: FSDP over that many processes, each
+    holding 1/shards of the weights, adapter and optimizer state, plus what FSDP gathers whole: one decoder
+    layer at a time, and the embeddings, final norm and output layer (kept gathered after their forward)."""
     s = shapes(config)
     act, mm, _, residual = value_bytes(prec, cuda)
     tokens = batch * seq
@@ -104,7 +111,14 @@ def estimate(config, targets, lora_r, dropout, prec, cuda, batch, seq, gradient_
     logits = chunk * s["vocab"] * (4 + 4 + mm) + 2 * counted * s["d"] * act
     if prec.autocast:
         logits += s["vocab"] * s["d"] * mm  # the output layer's weight cast once for the loss
-    terms = {"weights": int(weight_bytes), "adapter_and_optimizer": 16 * trainable, "activations": int(activations),
+    adapter = 16 * trainable
+    if shards > 1:
+        per_linear = NF4_BYTES_PER_WEIGHT if prec.bnb else weight_bytes / max(1, linear + other)
+        per_other = 4 if prec.bnb else per_linear
+        gathered = linear / s["layers"] * per_linear + other * per_other
+        weight_bytes = weight_bytes / shards + gathered
+        adapter = adapter / shards
+    terms = {"weights": int(weight_bytes), "adapter_and_optimizer": int(adapter), "activations": int(activations),
              "backward": int(layer), "logits": int(logits), "runtime": RUNTIME_CUDA if cuda else 0}
     terms["total"] = sum(terms.values())
     return terms

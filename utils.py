@@ -328,11 +328,14 @@ def torch_dtype(name):
 
 
 def bnb_config(prec):
-    """The 4-bit settings adapters are trained with, and reloaded with for evaluation."""
+    """The 4-bit settings adapters are trained with, and reloaded with for evaluation: nf4, double quantisation,
+    computing in the run's dtype, the packed 4-bit weights stored in that dtype too (bnb_4bit_quant_storage: the
+    same bytes and results, and FSDP2 can shard them; accelerate leaves uint8 storage unsharded)."""
     from transformers import BitsAndBytesConfig
 
+    dtype = torch_dtype(prec.dtype)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch_dtype(prec.dtype))
+                              bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
 
 
 @dataclass(frozen=True)
@@ -343,10 +346,14 @@ class Placement:
     what: str  # in words
 
 
-def placement(n_gpus, distributed, local_rank=0):
+def placement(n_gpus, distributed, local_rank=0, fsdp=False):
     """Where one process puts the model, as the original did: with GPUs and a single process, device_map="auto"
     (split over every visible GPU, or all on the one), never torch's DataParallel; under `accelerate launch`
-    (several processes) each process its own full copy on its own GPU. The same for 4-bit and 16-bit models."""
+    (several processes) each process its own full copy on its own GPU; under FSDP no device_map at all (the
+    model is loaded, then fully_shard puts 1/N of each layer on each process's device)."""
+    if fsdp:
+        return Placement(None, 1 if n_gpus else 0, True, f"FSDP2: the model sharded over "
+                         f"{os.environ.get('WORLD_SIZE', '?')} processes" + ("" if n_gpus else " (CPUs)"))
     if n_gpus == 0:
         return Placement(None, 0, distributed, "CPU" + (" (one process of several)" if distributed else ""))
     if distributed:
@@ -360,8 +367,10 @@ def this_placement():
     started several processes (WORLD_SIZE, LOCAL_RANK)."""
     import torch
 
+    import fsdp
+
     return placement(torch.cuda.device_count(), int(os.environ.get("WORLD_SIZE", "1")) > 1,
-                     int(os.environ.get("LOCAL_RANK", "0")))
+                     int(os.environ.get("LOCAL_RANK", "0")), fsdp.requested())
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -41,11 +41,13 @@ def test_chunked_loss_equals_the_models_own(model, monkeypatch, completion):
     model.zero_grad()
     head = model.get_base_model().get_output_embeddings()
     loss, restore = train.output_layer_in_the_loss(model)
-    assert isinstance(model.get_base_model().get_output_embeddings(), torch.nn.Identity)
+    hidden = model(input_ids=ids).logits
+    assert hidden.shape[-1] == model.config.hidden_size  # the model now returns its final hidden states
+    assert model.get_base_model().get_output_embeddings() is head  # the layer stays in the model (FSDP shards it)
     ours = loss(model(input_ids=ids), labels)
     ours.backward()
     restore()
-    assert model.get_base_model().get_output_embeddings() is head
+    assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
     assert ours.item() == pytest.approx(reference.item(), abs=1e-5)
     for name, g in grads(model).items():
         assert torch.allclose(g, expected[name], atol=1e-6), name
