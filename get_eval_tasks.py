@@ -353,10 +353,17 @@ def pair(k, v, section, task):
 
 def compare(settings, section, tasks):
     """([(keys setting, values setting, {task: cell or None})], [reason a pair was not made]): each keys setting
-    against each values setting, on the seeds both have, like with like only."""
+    against each values setting, on the seeds both have, like with like only; a pair of which one setting has an
+    evaluation in this section is listed, with why it cannot be made when the other has none."""
     out, unpaired = [], []
+
+    def here(s):
+        return any(section in r.evaluations for r in s.runs.values())
+
     for v in (s for s in settings if s.role == "values"):
         for k in (s for s in settings if s.role == "keys"):
+            if not (here(k) or here(v)):
+                continue
             cells = {}
             for t in tasks:
                 cells[t], why = pair(k, v, section, t)
@@ -432,9 +439,9 @@ def accuracy_table(settings, section, tasks, several, seeds):
                  "mean over tasks.")
     ns = {t: column_n(settings, section, t) for t in tasks}
     head = [t if ns[t] in (None, "") else f"{t} (n={ns[t]})" for t in tasks]
-    lines = [intro + " `keys` settings add a LoRA adapter to the feed-forward's first layer (`up_proj` or `gate_proj`), "
-                     "`values` to its second (`down_proj`), both on top of the attention's query and value projections; "
-                     "n: the examples scored.", "",
+    lines = [intro + " `keys` settings add a LoRA adapter to the feed-forward's first layer (`up_proj` or `gate_proj` on "
+                     "Llama, `c_fc` on GPT-2), `values` to its second (`down_proj`, `mlp.c_proj`), both on top of the "
+                     "attention's query and value projections; n: the examples scored.", "",
              "| setting | " + " | ".join(head) + " | mean | trainable params |" + (" seeds |" if several else ""),
              "|---" * (len(tasks) + 3 + several) + "|"]
     for s in settings:
@@ -637,7 +644,7 @@ def summary_md(tasks_folder, settings, tasks, sections):
         lines += ["", *accuracy_table(members, section, tasks, several, seeds), *invalid_table(members, section, tasks, several)]
         if several:
             lines += seed_table(members, section, tasks)
-        comparisons, unpaired = compare(members, section, tasks)
+        comparisons, unpaired = compare(settings, section, tasks)
         if comparisons:
             lines += comparison_table(comparisons, unpaired, tasks, several)
     return "\n".join(lines + norms_table(settings) + training_lines(settings)) + "\n"
@@ -755,11 +762,15 @@ def norms_panel(nx, settings, colour):
         nx.text(0.5, 0.5, "no adapter norms", ha="center", va="center", transform=nx.transAxes)
 
 
-def main(argv=None):
+def build_parser():
     p = ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    p.add_argument("--root", default="experiments", help="the experiments folder to read")
-    p.add_argument("--no_plot", action="store_true", help="skip summary.png")
-    args = p.parse_args(argv)
+    p.add_argument("--root", default="experiments", help="the experiments folder to read (its tasks folders)")
+    p.add_argument("--no_plot", action="store_true", help="write summary.md only, not summary.png")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if not os.path.isdir(args.root):
         raise UserError(f"--root {args.root} does not exist")
     tree = collect(args.root)

@@ -52,8 +52,8 @@ def build_parser():
                               "shortened while they stay unambiguous (--epoch 3 --task boolq), as in the original.")
     o = p.add_argument_group("the original's flags")
     o.add_argument("--pretrained_ckpt", default=identity.ORIGINAL_MODEL,
-                   help="base model: a hub id, a local folder or a .gguf file (the embedded default "
-                        f"{utils.EMBEDDED_MODEL} is made by `make model`)")
+                   help=f"base model: a hub id, a local folder or a .gguf file (default: {identity.ORIGINAL_MODEL}, "
+                        f"as the original; on a laptop: {utils.EMBEDDED_MODEL}, made by `make model`)")
     o.add_argument("--lora_r", type=int, default=8, help="LoRA rank r")
     o.add_argument("--epochs", type=int, default=5, help="passes over the training blocks (unless --max_steps)")
     o.add_argument("--dropout", type=float, default=0.1, help="LoRA dropout")

@@ -30,6 +30,10 @@ RANK_MASK_BUDGET = 64 * 512 * 512  # rows x width^2 of one ranking batch (its at
 
 
 def parse_args(argv=None):
+    return build_parser().parse_args(argv)
+
+
+def build_parser():
     p = ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=True,
                        epilog="Lists are space-separated (--tasks boolq CB). Flags may be shortened while they stay "
                               "unambiguous, as in the original.")
@@ -59,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="redo tasks whose metrics already exist")
     p.add_argument("--trust_remote_code", action="store_true", default=None,
                    help="allow a hub model's own code to run (default: as trained)")
-    return p.parse_args(argv)
+    return p
 
 
 def resolve_run(args):

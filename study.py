@@ -76,7 +76,7 @@ def build_parser():
                    help="local without GPUs: runs at once, each with its share of the cores (default: 1)")
     r.add_argument("--accelerate_config", default=None,
                    help="train each run under `accelerate launch --config_file FILE` with --gpus_per_run processes "
-                        "(e.g. accelerate/fsdp2.yaml: FSDP for a model too big for one GPU)")
+                        "(e.g. accelerate_configs/fsdp2.yaml: FSDP for a model too big for one GPU)")
     s = p.add_argument_group("slurm (with --launcher slurm)")
     s.add_argument("--partition", default=None, help="sbatch --partition")
     s.add_argument("--time", type=int, default=240, help="minutes per run before it is stopped, requeued and resumed")

@@ -144,3 +144,32 @@ def test_each_evaluation_has_its_own_metrics_folder():
     assert folder("--bnb") == "metrics-4bit"
     assert folder("--max_input_length", "64") == "metrics-len64"
     assert folder("--data_root", "elsewhere") == "metrics"  # the base model's data: its fingerprint decides
+
+
+def test_accuracy_strict_is_the_originals_exact_match_on_its_slice():
+    """The original decoded prompt and answer together, cut the text at the prompt's length and compared it,
+    unstripped, with the label: ' true' (a leading space) and 'true.' are wrong there, right in `accuracy`."""
+    task = prompts.TASKS["boolq"]
+    examples = [prompts.Example({"question": "q", "passage": "p"}, "true", ("true",))] * 3
+    prompt = prompts.prompt_text(task, examples[0].fields)
+    predicted = {0: ("true", "true", prompt + "true"), 1: (" true", "true", prompt + " true"),
+                 2: ("true.", "true", prompt + "true.")}
+    args = argparse.Namespace(scoring="generate", max_test_samples=3, max_new_tokens=20, data_root="d")
+    prec = utils.precision("fp32", False, "generate")
+    m, rows = inference.score(task, examples, {}, [prompt] * 3, [[1]] * 3, predicted, ["true", "false"], args, prec,
+                              0.0, {}, {})
+    assert m["accuracy"] == 1.0 and m["accuracy_strict"] == pytest.approx(1 / 3)
+    assert [r["prediction"] for r in rows] == ["true"] * 3 and rows[1]["generation"] == " true"
+
+
+def test_a_hub_download_is_said_again_at_the_end(monkeypatch, capsys, tmp_path):
+    import datafiles
+
+    utils.write_json(utils.metrics_path(str(tmp_path / "x"), "CB"), {"accuracy": 0.5, "accuracy_ci95": [0.1, 0.9],
+                                                                    "majority_baseline": 0.5, "invalid_rate": 0.0,
+                                                                    "n": 4, "scoring": "rank"})
+    source = {"source": "hub", "hub_id": "aps/super_glue", "config": "cb", "split": "validation"}
+    inference.report(str(tmp_path / "x"), "metrics", [prompts.TASKS["CB"]], {"CB": ([], source)})
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2] == f"data downloaded from the hub: CB from {datafiles.describe(source)}"
+    assert out[-1].startswith("1 task; metrics in") and "50.0" in out[-3]  # percentages, one task

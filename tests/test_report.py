@@ -243,3 +243,80 @@ def test_learning_curves_are_read_from_tensorboard_logs(tmp_path):
     run = get_eval_tasks.Run(name(["q_proj"]), exp, {}, {}, 42)
     assert get_eval_tasks.loss_curve(run) == [(5, 2.0), (10, 1.5), (15, 0.5), (20, 0.25)]
     assert get_eval_tasks.loss_curve(get_eval_tasks.Run("x", str(tmp_path), {}, {}, 42)) == []
+
+
+# ---- only like with like --------------------------------------------------------------------------------------
+
+def move_metrics(exp, folder, scoring):
+    """Turn a fake run's metrics/ into another evaluation's folder (as a re-evaluation with --scoring rank)."""
+    os.replace(os.path.join(exp, "metrics"), os.path.join(exp, folder))
+    for f in os.listdir(os.path.join(exp, folder)):
+        if f.endswith("_metrics_update.json"):
+            path = os.path.join(exp, folder, f)
+            utils.write_json(path, {**json.load(open(path)), "scoring": scoring})
+
+
+def test_runs_scored_differently_are_never_paired(tmp_path):
+    """The keys run re-scored with rank, the values run generated: each evaluation is its own section, and
+    the comparison says why it pairs nothing instead of reporting a difference."""
+    root, folder = str(tmp_path), "CB"
+    up, down = ["q_proj", "v_proj", "up_proj"], ["q_proj", "v_proj", "down_proj"]
+    keys = fake_run(root, folder, name(up), lora(up, 2), {"CB": [True] * 19 + [False]})
+    move_metrics(keys, "metrics-rank", "rank")
+    fake_run(root, folder, name(down), lora(down, 2), {"CB": [False] * 20})
+    get_eval_tasks.main(["--root", root, "--no_plot"])
+    md = open(os.path.join(root, folder, "summary.md")).read()
+    assert "## Evaluation 1 of 2" in md and "## Evaluation 2 of 2" in md
+    comparisons = [line for line in md.splitlines() if line.startswith("| q,v+up (keys) vs q,v+down (values) |")]
+    assert comparisons == ["| q,v+up (keys) vs q,v+down (values) | – |"] * 2  # in each section: nothing paired
+    assert "p=" not in md and md.count("has no CB evaluation of this kind") == 2
+
+
+def test_runs_trained_differently_are_not_paired_and_the_footer_says_how(tmp_path):
+    root, folder = str(tmp_path), "CB"
+    up, down = ["q_proj", "v_proj", "up_proj"], ["q_proj", "v_proj", "down_proj"]
+    fake_run(root, folder, name(up), lora(up, 2), {"CB": [True] * 10})
+    slow = lora(down, 2)
+    slow["args"] = {**slow["args"], "learning_rate": 2e-4, "max_steps": 3}
+    fake_run(root, folder, name(down), slow, {"CB": [False] * 10})
+    get_eval_tasks.main(["--root", root, "--no_plot"])
+    md = open(os.path.join(root, folder, "summary.md")).read()
+    assert "| q,v+up (keys) vs q,v+down (values) | – |" in md
+    assert "trained with other settings (learning rate 0.002 vs 0.0002; max steps -1 vs 3)" in md
+    assert "Where the rows differ" in md and "- q,v+down (values): max steps 3, learning rate 0.0002" in md
+
+
+def test_n_is_shown_and_differing_n_in_each_cell(tmp_path):
+    root, folder = str(tmp_path), "CB"
+    up, down = ["q_proj", "v_proj", "up_proj"], ["q_proj", "v_proj", "down_proj"]
+    fake_run(root, folder, name(up), lora(up, 2), {"CB": [True] * 8})
+    fake_run(root, folder, name(down), lora(down, 2), {"CB": [True] * 40})
+    get_eval_tasks.main(["--root", root, "--no_plot"])
+    md = open(os.path.join(root, folder, "summary.md")).read()
+    row = [line for line in md.splitlines() if line.startswith("| q,v+up (keys) | ")][0]
+    assert "n=8" in row and "| CB |" in md  # the column's n differs: each cell says its own
+    assert "seed 42 scored other examples" in md
+
+
+def test_the_loss_panel_names_what_it_cannot_draw(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = str(tmp_path)
+    up, down = ["q_proj", "v_proj", "up_proj"], ["q_proj", "v_proj", "down_proj"]
+    logged = fake_run(root, "CB", name(up), lora(up, 2), {"CB": [True]})
+    fake_run(root, "CB", name(down), lora(down, 2), {"CB": [True]})  # no logs: a loss it cannot draw
+    writer = SummaryWriter(log_dir=os.path.join(logged, "logs"))
+    for step, loss in ((1, 2.0), (2, 1.5)):
+        writer.add_scalar("train/loss", loss, step)
+    writer.close()
+    settings = get_eval_tasks.group(get_eval_tasks.collect(root)["CB"])
+    fig, ax = plt.subplots()
+    get_eval_tasks.loss_panel(ax, settings, {s.name: "C0" for s in settings})
+    assert [line.get_label() for line in ax.lines] == ["q,v+up (keys)"] and ax.get_legend() is not None
+    assert ax.get_title() == "training loss (one seed)"
+    assert any("no loss logged: q,v+down (values)" in t.get_text() for t in ax.texts)
+    plt.close(fig)

@@ -7,12 +7,10 @@ import os
 
 import pytest
 
-import identity
 import llama2_classification_multi_tasks_inference as inference
 import study
 import utils
 from common import UserError
-from conftest import MODEL, SAMPLE
 from test_report import fake_run
 
 TASKS = ["boolq", "CB"]

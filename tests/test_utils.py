@@ -348,3 +348,22 @@ def test_training_arguments_follow_precision_and_placement(tmp_path):
     assert targs.use_cpu and targs.n_gpu == 0 and targs.optim == "adamw_torch" and not targs.bf16
     assert (targs.per_device_train_batch_size, targs.gradient_accumulation_steps) == (32, 2)  # the original's
     assert targs.lr_scheduler_type == "constant" and targs.max_grad_norm == 0.3 and targs.learning_rate == 2e-4
+
+
+def test_the_identity_takes_every_recipe_flag_from_the_command_line():
+    """Each flag that changes the trained adapter, given on the command line, is in the identity with its value
+    (a flag left out of it would let a run made another way be reused)."""
+    given = {"--max_samples": ("max_samples", 100), "--per_device_train_batch_size": ("per_device_train_batch_size", 8),
+             "--gradient_accumulation_steps": ("gradient_accumulation_steps", 3), "--learning_rate": ("learning_rate", 1e-3),
+             "--lora_alpha": ("lora_alpha", 32), "--max_seq_length": ("max_seq_length", 128), "--epochs": ("epochs", 2),
+             "--lora_r": ("lora_r", 4), "--dropout": ("dropout", 0.05), "--train_sample_fraction": ("train_sample_fraction", 0.5),
+             "--max_steps": ("max_steps", 7), "--seed": ("seed", 3), "--loss_on": ("loss_on", "completion")}
+    argv = ["--tasks", "CB", "--pretrained_ckpt", "some/Model-X", "--shorten_to_block", "--bnb"]
+    for flag, (_, value) in given.items():
+        argv += [flag, str(value)]
+    ident = identity.training(train.parse_args(argv), ["q_proj"], "fp32", 2, "f" * 12)
+    for flag, (key, value) in given.items():
+        assert ident[key] == value, flag
+    assert (ident["model"], ident["shorten_to_block"], ident["bnb"], ident["processes"], ident["dtype"], ident["data"],
+            ident["target_modules"], ident["tasks"]) == ("Model-X", True, True, 2, "fp32", "f" * 12, ["q_proj"], ["CB"])
+    assert set(ident) == set(identity.TRAINING)
