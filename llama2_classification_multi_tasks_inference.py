@@ -76,7 +76,8 @@ def resolve_run(args):
         for key in ("tasks", "bnb", "pretrained_ckpt", "data_root", "dtype", "trust_remote_code"):
             if getattr(args, key) is None:
                 setattr(args, key, trained.get(key))
-        args.given = {k: v for k, v in args.given.items() if v != trained.get(k, "auto" if k == "dtype" else None)}
+        args.given = {k: v for k, v in args.given.items() if v != trained.get(k, "auto" if k == "dtype" else None)
+                      and not (k == "data_root" and exp.get("layout") == "original")}  # its data root is not known
         if not args.tasks:
             raise UserError(f"{args.experiment_dir}: its tasks cannot be read from the folder's name; pass --tasks")
         if not args.pretrained_ckpt:

@@ -253,8 +253,13 @@ class Plan:
     def resolved_flags(self):
         """The training flags every run gets, as the training script resolves them."""
         skip = {"target_modules", "seed", "resume", "overwrite", "dry_run"}
-        return " ".join(f"--{k} {identity.fmt(v)}" for k, v in vars(self.t).items()
-                        if k not in skip and v is not None and v is not False)
+        words = []
+        for k, v in vars(self.t).items():
+            if k in skip or v is None or (v is False and k != "gradient_checkpointing"):
+                continue
+            words.append(f"--{k}" if v is True else "--no-gradient_checkpointing" if v is False else
+                         f"--{k} {identity.fmt(v) if identity.fmt(v) else repr(v)}")
+        return " ".join(words)
 
 
 def print_dry_run(plan):

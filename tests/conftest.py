@@ -32,13 +32,14 @@ def only_dir(root):
     return d
 
 
-def predictions(exp, task):
-    with open(os.path.join(exp, "metrics", f"{task}_predictions.jsonl")) as f:
+def predictions(exp, task, folder="metrics"):
+    with open(os.path.join(exp, folder, f"{task}_predictions.jsonl")) as f:
         return [json.loads(line) for line in f]
 
 
-def metrics(exp, task):
-    with open(os.path.join(exp, "metrics", f"{task}_metrics_update.json")) as f:
+def metrics(exp, task, folder="metrics"):
+    """A task's metrics: metrics/ for the default evaluation, metrics-<parts>/ for another."""
+    with open(os.path.join(exp, folder, f"{task}_metrics_update.json")) as f:
         return json.load(f)
 
 

@@ -27,8 +27,13 @@ def test_acceptance_command_leaves_the_spec_layout_as_planned(tmp_path):
     assert not os.path.exists(out)  # a dry run writes nothing
     run(TRAIN, *argv)
     exp = only_dir(out)
-    assert exp == os.path.join(out, "boolq,COPA,CB", "classification-sampleFraction-0.99_epochs-1_rank-8_dropout-0.1-"
-                                                      "q_proj,v_proj,up_proj-standard") == plan["experiment_dir"]
+    assert exp == plan["experiment_dir"] and exp.startswith(os.path.join(
+        out, "boolq,COPA,CB", "classification-sampleFraction-0.99_epochs-1_rank-8_dropout-0.1-q_proj,v_proj,up_proj-steps3-h"))
+    assert exp.endswith("-standard")  # the hash stands for the recipe settings that are not the original's:
+    record = json.load(open(os.path.join(exp, "experiment.json")))
+    assert record["identity_suffix"] == {"model": "SmolLM2-135M-Instruct", "per_device_train_batch_size": 2,
+                                         "gradient_accumulation_steps": 1, "max_seq_length": 256,
+                                         **({} if record["precision"]["dtype"] == "bf16" else {"dtype": "fp32"})}
     with open(os.path.join(exp, "assets", "adapter_config.json")) as f:
         assert sorted(json.load(f)["target_modules"]) == ["q_proj", "up_proj", "v_proj"]
     assert os.path.isfile(os.path.join(exp, "assets", "adapter_model.safetensors"))
@@ -49,7 +54,7 @@ def test_acceptance_command_leaves_the_spec_layout_as_planned(tmp_path):
     assert glob.glob(os.path.join(exp, "logs", "events.out.tfevents.*"))
     # the same command again refuses to mix two runs; --overwrite replaces the run
     p = run(TRAIN, *argv, check=False)
-    assert p.returncode == 2 and "--resume" in p.stderr and "--overwrite" in p.stderr
+    assert p.returncode == 2 and "already holds a finished run" in p.stderr and "--overwrite" in p.stderr
     marker = os.path.join(exp, "left-by-the-first-run")
     open(marker, "w").close()
     run(TRAIN, *argv, "--overwrite")
@@ -61,15 +66,16 @@ def test_bnb_training_checkpoints_and_evaluates_either_way(tmp_path):
     run(TRAIN, *SMALL, "--bnb", "--target_modules", "q_proj", "v_proj", "down_proj", "--tasks", "CB",
         "--max_steps", "2", "--output_root", out)
     exp = only_dir(out)
-    assert exp.endswith("-q_proj,v_proj,down_proj-4bit")
+    assert "-q_proj,v_proj,down_proj-steps2-h" in exp and exp.endswith("-4bit")
     record = json.load(open(os.path.join(exp, "experiment.json")))
     assert record["args"]["gradient_checkpointing"] is True and record["precision"]["bnb"] is True  # as the original
     p = run(EVAL, "--experiment_dir", exp, "--max_test_samples", "4", "--max_new_tokens", "4")
-    m = metrics(exp, "CB")
+    m = metrics(exp, "CB", "metrics-n4-new4")
     assert m["n"] == 4 and "CB" in p.stdout and m["bnb"] is True
     p = run(EVAL, "--experiment_dir", exp, "--max_test_samples", "4", "--max_new_tokens", "4", "--no-bnb")
-    m = metrics(exp, "CB")  # a 16-bit base this time: evaluated again, not taken from the 4-bit metrics
+    m = metrics(exp, "CB", "metrics-n4-new4-16bit")  # a 16-bit base: evaluated again, beside the 4-bit metrics
     assert m["bnb"] is False and m["dtype"] == "fp32" and "metrics exist" not in p.stdout
+    assert metrics(exp, "CB", "metrics-n4-new4")["bnb"] is True  # both kept
     p = run(EVAL, "--experiment_dir", exp, "--max_test_samples", "4", "--max_new_tokens", "4", "--no-bnb")
     assert "CB: metrics exist" in p.stdout
 
@@ -112,7 +118,7 @@ def test_evaluation_is_deterministic_and_resumes_after_sigkill(trained, tmp_path
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)  # killed while the second task runs, one example at a time
     proc.wait()
-    left = sorted(os.listdir(os.path.join(copy, "metrics")))
+    left = sorted(f for f in os.listdir(os.path.join(copy, "metrics")) if f != "adapter_norms.json")
     assert left == [f"{LEARN_TASKS[0]}_metrics_update.json", f"{LEARN_TASKS[0]}_predictions.jsonl"]  # nothing half-written
     json.load(open(done))
     mtime = os.path.getmtime(done)
@@ -133,8 +139,8 @@ def test_rank_scoring_agrees_with_greedy_and_greedy_matches_one_at_a_time(traine
     run(EVAL, "--experiment_dir", copy, "--scoring", "rank")
     agree = total = 0
     for t in LEARN_TASKS:
-        assert metrics(copy, t)["scoring"] == "rank"
-        for g, r in zip(greedy[t], predictions(copy, t)):
+        assert metrics(copy, t, "metrics-rank")["scoring"] == "rank"
+        for g, r in zip(greedy[t], predictions(copy, t, "metrics-rank")):
             agree += g["prediction"] == r["prediction"]
             total += 1
     assert agree / total >= 0.9
@@ -205,7 +211,7 @@ def test_training_is_deterministic_and_resumes_after_sigkill(tmp_path):
     assert abs(rec_a["train_loss"] - rec_b["train_loss"]) < 1e-6 and rec_a["global_step"] == 6
     for r in (a, b):
         run(EVAL, "--experiment_dir", only_dir(r), "--max_test_samples", "8", "--max_new_tokens", "5")
-    assert predictions(only_dir(a), "CB") == predictions(only_dir(b), "CB")
+    assert predictions(only_dir(a), "CB", "metrics-n8-new5") == predictions(only_dir(b), "CB", "metrics-n8-new5")
 
     proc = subprocess.Popen([sys.executable, TRAIN, *args, "--output_root", c], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -228,6 +234,8 @@ def test_training_is_deterministic_and_resumes_after_sigkill(tmp_path):
     assert tfevents_steps(resumed_log)[0] == 3  # it went on from step 3, it did not start again at step 1
     rec_c = json.load(open(os.path.join(exp_c, "experiment.json")))
     assert rec_c["global_step"] == rec_a["global_step"] == 6
+    # the mean over all six steps, the first two read back from checkpoint-2's log history
+    assert abs(rec_c["train_loss"] - rec_a["train_loss"]) < 1e-4
     adapter_a = load_file(os.path.join(only_dir(a), "assets", "adapter_model.safetensors"))
     adapter_c = load_file(os.path.join(exp_c, "assets", "adapter_model.safetensors"))
     assert adapter_a.keys() == adapter_c.keys()
@@ -265,9 +273,9 @@ def test_thousand_rows_longer_than_the_context_keep_their_cue(tmp_path):
     run(EVAL, "--pretrained_ckpt", MODEL, "--tasks", "20_Newsgroups_Fixed", "--data_root", str(tmp_path / "data"),
         "--output_root", out, "--max_input_length", "96", "--max_new_tokens", "3")
     exp = os.path.join(out, "20_Newsgroups_Fixed", "base-SmolLM2-135M-Instruct")
-    m = metrics(exp, "20_Newsgroups_Fixed")
-    assert m["n"] == 1000 and m["oom_examples"] == [] and m["data"]["rows"] == 1000
-    rows = predictions(exp, "20_Newsgroups_Fixed")
+    m = metrics(exp, "20_Newsgroups_Fixed", "metrics-new3-len96")
+    assert m["n"] == 1000 and m["oom_examples"] == [] and m["data"]["rows"] == 1000 and m["skipped"] == 0
+    rows = predictions(exp, "20_Newsgroups_Fixed", "metrics-new3-len96")
     assert len(rows) == 1000 and all(r["generation"] is not None for r in rows)
 
 
@@ -278,7 +286,7 @@ def test_study_with_two_seeds_pools_them(tmp_path):
         "--pretrained_ckpt", MODEL, "--data_root", SAMPLE, "--scoring", "rank")
     folders = sorted(os.listdir(os.path.join(out, "CB")))
     adapters = [f for f in folders if os.path.isfile(os.path.join(out, "CB", f, "assets", "adapter_config.json"))]
-    assert len(adapters) == 4 and sum(f.endswith("-seed2-standard") for f in adapters) == 2
+    assert len(adapters) == 4 and sum("-seed2-" in f and f.endswith("-standard") for f in adapters) == 2
     md = open(os.path.join(out, "CB", "summary.md")).read()
     assert "seeds 1, 2" in md and "stratified McNemar" in md
     comp = [line for line in md.splitlines() if line.startswith("| q,v+up (keys) vs q,v+down (values) |")]
