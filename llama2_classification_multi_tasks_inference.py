@@ -59,7 +59,8 @@ def build_parser():
                    help="prompt tokens at most (default: the model's context length minus --max_new_tokens); longer "
                         "prompts are shortened in their long text field, never in the cue at the end")
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default=None,
-                   help="default: as trained (auto: bf16 on GPUs that support it, fp32 on a CPU)")
+                   help="what the base computes in (default: auto: bf16 on GPUs that support it, fp32 on a CPU, "
+                        "whatever the training computed in: every evaluation alike)")
     p.add_argument("--overwrite", action="store_true", help="redo tasks whose metrics already exist")
     p.add_argument("--trust_remote_code", action="store_true", default=None,
                    help="allow a hub model's own code to run (default: as trained)")
@@ -73,10 +74,10 @@ def resolve_run(args):
     if args.experiment_dir:
         exp = utils.read_experiment(args.experiment_dir)
         trained = exp["args"]
-        for key in ("tasks", "bnb", "pretrained_ckpt", "data_root", "dtype", "trust_remote_code"):
+        for key in ("tasks", "bnb", "pretrained_ckpt", "data_root", "trust_remote_code"):
             if getattr(args, key) is None:
                 setattr(args, key, trained.get(key))
-        args.given = {k: v for k, v in args.given.items() if v != trained.get(k, "auto" if k == "dtype" else None)
+        args.given = {k: v for k, v in args.given.items() if (k == "dtype" or v != trained.get(k))
                       and not (k == "data_root" and exp.get("layout") == "original")}  # its data root is not known
         if not args.tasks:
             raise UserError(f"{args.experiment_dir}: its tasks cannot be read from the folder's name; pass --tasks")

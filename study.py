@@ -71,7 +71,8 @@ def build_parser():
     r.add_argument("--launcher", choices=launch.LAUNCHERS, default="serial",
                    help="serial: one after another here; local: in parallel here, one run per --gpus_per_run GPUs "
                         "(or --parallel processes on a CPU); slurm: one job array, a task per run")
-    r.add_argument("--gpus_per_run", type=int, default=1, help="GPUs each run gets (local and slurm)")
+    r.add_argument("--gpus_per_run", type=int, default=1,
+                   help="GPUs each run gets (local and slurm; 0 on a cluster without GPUs)")
     r.add_argument("--parallel", type=int, default=None,
                    help="local without GPUs: runs at once, each with its share of the cores (default: 1)")
     r.add_argument("--accelerate_config", default=None,
@@ -200,7 +201,8 @@ class Plan:
         return self.data[key]
 
     def run(self, setting, seed):
-        argv = self.argv + ["--target_modules", *setting, "--seed", str(seed)]
+        # the precision resolved here, given to every run: its folder is the one planned wherever it runs
+        argv = self.argv + ["--target_modules", *setting, "--seed", str(seed), "--dtype", self.prec.dtype]
         args = train.parse_args(argv)
         res = roles.resolve(args.target_modules, self.model, dropout=args.dropout)
         per_task, sources = self.examples(args)
@@ -220,9 +222,11 @@ class Plan:
         return st
 
     def train_command(self, r):
-        if self.own.accelerate_config:
+        if self.own.accelerate_config:  # each run its own rendezvous port: several may run at once on one machine
+            port = 29501 + self.runs.index(r) % 500
             return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", self.own.accelerate_config,
-                    "--num_processes", str(self.own.gpus_per_run), TRAIN, *r["argv"], "--resume"]
+                    "--num_processes", str(self.own.gpus_per_run), "--main_process_port", str(port), TRAIN,
+                    *r["argv"], "--resume"]
         return [sys.executable, TRAIN, *r["argv"], "--resume"]
 
     def base_evaluation(self):
@@ -314,9 +318,11 @@ def report(plan, outcomes=()):
 def main(argv=None):
     t0 = time.time()
     own, train_argv, why = parse_args(argv)
-    for flag in ("gpus_per_run", "time", "max_test_samples", "batch_size"):
+    for flag in ("time", "max_test_samples", "batch_size"):
         if getattr(own, flag) <= 0:
             raise UserError(f"--{flag} must be positive, got {getattr(own, flag)}")
+    if own.gpus_per_run < 0 or (own.accelerate_config and own.gpus_per_run < 2):
+        raise UserError(f"--gpus_per_run must be 0 or more (2 or more with --accelerate_config), got {own.gpus_per_run}")
     if own.parallel is not None and own.parallel <= 0:
         raise UserError(f"--parallel must be positive, got {own.parallel}")
     if own.accelerate_config and not os.path.isfile(own.accelerate_config):

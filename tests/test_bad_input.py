@@ -73,7 +73,27 @@ CASES = [
      "has no experiment.json and its name is not the original's"),
     ("study: unknown training flag", study, lambda t: ["--output_root", str(t / "out"), "--lora_rank", "4"],
      "unrecognized arguments: --lora_rank 4"),
+    ("output root under a file", train, lambda t: ["--tasks", "CB", "--output_root", a_file(t) + "/runs"],
+     "is a file, not a folder"),
+    ("study: output root under a file", study, lambda t: ["--tasks", "CB", "--output_root", a_file(t) + "/runs"],
+     "is a file, not a folder"),
+    ("truncated data line", train, lambda t: ["--tasks", "CB", "--data_root", truncated(t)],
+     "train.jsonl line 7: not valid JSON"),
 ]
+
+
+def a_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a folder")
+    return str(path)
+
+
+def truncated(tmp_path):
+    """D/CB/train.jsonl: 6 good rows and a 7th line cut in the middle."""
+    root = data_root(tmp_path, [CB_ROW] * 6)
+    with open(os.path.join(root, "CB", "train.jsonl"), "a") as f:
+        f.write('{"premise": "p", "hypo')
+    return root
 
 
 @pytest.mark.parametrize("name,script,argv,message", CASES, ids=[c[0] for c in CASES])
@@ -82,7 +102,8 @@ def test_bad_input(name, script, argv, message, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     args = argv(tmp_path)
     if script is train:
-        args = ["--pretrained_ckpt", MODEL, "--data_root", SAMPLE, *args, "--output_root", str(out)]
+        args = ["--pretrained_ckpt", MODEL, "--data_root", SAMPLE, *args]
+        args += [] if "--output_root" in args else ["--output_root", str(out)]
     before = sorted(p for p in tmp_path.rglob("*"))
     with pytest.raises(SystemExit) as e:
         run_main(lambda: script.main(args))

@@ -224,3 +224,27 @@ def test_failures_message_names_each_failed_run_and_its_log():
         "2 of 3 runs did not finish: q,v+up (command 1/2 exited with code 1; log /study/q,v+up/run.log); "
         "q,v+down (interrupted (resumable); log /study/q,v+down/run.log)")
     assert launch.failures_message(outcomes[:1]) == ""
+
+
+@pytest.mark.slow
+def test_a_study_as_a_slurm_job_array(tmp_path, slurm):
+    """study.py --launcher slurm on the stand-ins: one array of three tasks (the base model's evaluation, then
+    two settings each trained and evaluated), the sbatch settings asked for, the report written at the end."""
+    from conftest import SAMPLE, small_llama
+
+    import study
+
+    model = small_llama(tmp_path / "model", layers=2)
+    out = str(tmp_path / "out")
+    study.main(["--pretrained_ckpt", model, "--data_root", SAMPLE, "--tasks", "CB", "--settings", "q_proj v_proj up_proj",
+                "q_proj v_proj down_proj", "--max_steps", "2", "--per_device_train_batch_size", "2",
+                "--gradient_accumulation_steps", "1", "--max_seq_length", "64", "--max_test_samples", "8",
+                "--scoring", "rank", "--output_root", out, "--launcher", "slurm", "--gpus_per_run", "0",
+                "--time", "30", "--partition", "cpu", "--sbatch", "qos=low"])
+    _, flags, events = submitted(slurm)
+    assert flags["array"].startswith("0-2") and flags["time"] == "30" and flags["partition"] == "cpu"
+    assert flags["qos"] == "low" and "gpus-per-node" not in flags
+    md = open(os.path.join(out, "CB", "summary.md")).read()
+    assert "| q,v+up (keys) vs q,v+down (values) |" in md and "base (no adapter)" in md
+    logs = sorted(os.listdir(os.path.join(out, "CB", "study-logs")))
+    assert "base.log" in logs and sum(name.endswith(".log") for name in logs) == 3
