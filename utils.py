@@ -15,6 +15,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 
+import experiment
 import identity
 from common import UserError
 
@@ -126,8 +127,6 @@ def read_experiment(exp_dir):
     """The record of a trained experiment, after checking its adapter is there and readable: its
     experiment.json, or, for a folder the original code wrote (no experiment.json), a record read from the
     folder's names, its `<trainable>_total_<all>.txt` and assets/adapter_config.json."""
-    import experiment
-
     if not os.path.isdir(exp_dir):
         raise UserError(f"experiment folder {exp_dir} does not exist")
     wrong = experiment.not_an_experiment(exp_dir)
@@ -456,26 +455,6 @@ def meta_model(config, trust_remote_code=False):
 
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-
-
-def linear_module_names(config, trust_remote_code=False):
-    """Names (last component) of the model's Linear layers, found on the meta device: no weights load."""
-    import torch
-
-    model = meta_model(config, trust_remote_code)
-    return sorted({n.split(".")[-1] for n, m in model.named_modules()
-                   if isinstance(m, torch.nn.Linear) and n.split(".")[-1] != "lm_head"})
-
-
-def check_target_modules(modules, config, trust_remote_code=False):
-    if modules is None:
-        return
-    names = linear_module_names(config, trust_remote_code)
-    for m in modules:
-        if m not in names:
-            raise UserError(f"unknown target module {m!r}; this model's linear modules are: {' '.join(names)}")
-    if len(set(modules)) != len(modules):
-        raise UserError(f"a module is named twice in --target_modules {' '.join(modules)}")
 
 
 def load_tokenizer(path, trust_remote_code=False):

@@ -65,8 +65,9 @@ def part_matmul(quick, device="cpu"):
 
     import utils
 
-    native = device != "cpu" or utils.cpu_has_bf16_matmul()
-    out = {"threads": torch.get_num_threads(), "bf16_native": native}
+    speedup = None if device != "cpu" else utils.cpu_bf16_speedup(cache=False)
+    native = device != "cpu" or speedup >= utils.BF16_FASTER
+    out = {"threads": torch.get_num_threads(), "bf16_native": native, "bf16_speedup": speedup}
     repeats = 3 if quick else 10
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         n = (2048 if device == "cpu" else 8192) if name == "fp32" or native else 512
@@ -244,7 +245,7 @@ def rank_ours(model, tok, items, batch_size=64, eos=True):
         shared, conts = inference.candidates(tok, prompt, ids, job["options"])
         job["items"].append((shared, conts if eos else [c[:-1] for c in conts]))
     predicted = inference.rank_tasks(model, tok, jobs, argparse.Namespace(batch_size=batch_size))
-    return [p for name in EVAL_TASKS for _, p in predicted[name]]
+    return [p for name in EVAL_TASKS for _, p, _ in predicted[name]]
 
 
 def rank_lm_eval(model, tok, items, batch_size=64):
@@ -339,10 +340,10 @@ def part_eval(quick, batch_size=64):
             group = [(t, ids) for t, _, ids in items if t.name == name]
             task = group[0][0]
             out += inference.generate_task(model, tok, task, [ids for _, ids in group], prompts.choices(task), args)
-        return [raw for raw, _ in out]
+        return [o[0] for o in out]
 
     res["generate_s"], batched = timed(lambda: greedy(batch_size))
-    res["one_at_a_time_s"], alone = timed(lambda: [inference.generate(model, tok, [ids], 20)[0] for _, _, ids in items])
+    res["one_at_a_time_s"], alone = timed(lambda: [inference.generate(model, tok, [ids], 20)[0][0] for _, _, ids in items])
     res["generate_equal"] = same(batched, alone)
     res["rank_previous_s"], previous = timed(lambda: rank_per_candidate(model, tok, items, batch_size))
     res["rank_s"], ours = timed(lambda: rank_ours(model, tok, items, batch_size))
@@ -357,7 +358,7 @@ def part_eval(quick, batch_size=64):
         res["lm_eval_equal_label_eos"] = same(ours, harness)
     except ImportError as e:
         res["lm_eval_error"] = f"not installed ({e.name}): `make bench` installs bench/requirements.txt"
-    if utils.cpu_has_bf16_matmul() or torch.cuda.is_available():  # bf16 ranking against fp32, where bf16 is native
+    if torch.cuda.is_available() or utils.cpu_bf16_speedup() >= utils.BF16_FASTER:  # bf16 ranking, where bf16 is fast
         res["rank_bf16_s"], ours_bf16 = timed(lambda: rank_ours(model.to(torch.bfloat16), tok, items, batch_size))
         res["rank_bf16_equal_fp32"] = same(ours_bf16, ours)
     res["peak_rss_mib"] = peak_rss_mib()
@@ -397,8 +398,9 @@ def part_gpu(quick):
                                                                           3 if quick else 4, checkpointing)
                     clock = clocked()
                     with tempfile.TemporaryDirectory() as out:
-                        train.fit(model, tk, blocks, args, out, None, prec, utils.this_placement(), [clock])
-                        plan = train.plan(args, out, config, {}, blocks, prec, utils.this_placement(), True)
+                        train.fit(model, tk, blocks, args, out, None, prec, utils.this_placement(), callbacks=[clock])
+                        res = train.resolve_targets(args, config)
+                        plan = train.plan(args, out, config, {}, blocks, prec, utils.this_placement(), True, res, {})
                     dt = (clock.stamps[-1] - clock.stamps[0]) / (len(clock.stamps) - 1)
                     row = {"checkpointing": checkpointing, "batch": batch, "tokens_per_second": batch * SEQ / dt,
                            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -409,6 +411,53 @@ def part_gpu(quick):
                     model = None
             rows.append(row or {"checkpointing": checkpointing, "batch": 0, "error": "out of memory at batch 1"})
     return {"device": torch.cuda.get_device_name(), "bf16_ceiling": ceiling["bf16"], "rows": rows}
+
+
+def part_launch(quick):
+    """The local launcher (issue 18): the same two short trainings one after another (serial), then at once on
+    this machine's cores (local, --parallel 2: each process gets half of the cores), wall times compared."""
+    import shutil
+
+    import launch
+
+    steps = "2" if quick else "6"
+    out = {}
+    with tempfile.TemporaryDirectory() as folder:
+        def runs(tag):
+            return [launch.Run(f"{tag} {m}", [[sys.executable, os.path.join(ROOT, "llama2_classification_multi_tasks.py"),
+                                               "--pretrained_ckpt", MODEL, "--data_root", SAMPLE, "--tasks", "CB",
+                                               "--target_modules", "q_proj", "v_proj", m, "--max_steps", steps,
+                                               "--per_device_train_batch_size", "4", "--gradient_accumulation_steps",
+                                               "1", "--max_seq_length", "256", "--output_root",
+                                               os.path.join(folder, tag)]], os.path.join(folder, f"{tag}-{m}.log"))
+                    for m in ("up_proj", "down_proj")]
+
+        for tag, kw in (("serial", {"launcher": "serial"}), ("local", {"launcher": "local", "parallel": 2, "gpus": 0})):
+            t = time.perf_counter()
+            outcomes = launch.run_all(runs(tag), progress=lambda line: None, **kw)
+            out[tag] = {"wall_s": time.perf_counter() - t, "ok": all(o.ok for o in outcomes),
+                        "runs_s": [o.ended - o.started for o in outcomes]}
+            shutil.rmtree(os.path.join(folder, tag), ignore_errors=True)
+    out["steps"] = int(steps)
+    return out
+
+
+def part_study(quick):
+    """`make study` (python study.py: the base model and 4 settings on boolq COPA CB, trained and evaluated)
+    timed from nothing, in a fresh output folder; its summary's accuracy rows."""
+    with tempfile.TemporaryDirectory() as folder:
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "study.py"), "--output_root", folder,
+                            *(["--max_steps", "2", "--max_test_samples", "8"] if quick else [])],
+                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        seconds = time.perf_counter() - t
+        if p.returncode != 0:
+            return {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
+        md = open(os.path.join(folder, "boolq,COPA,CB", "summary.md")).read()
+    table = md.split("| setting |", 1)[1].split("\n\n", 1)[0]  # the first table: accuracy per setting
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    return {"seconds": seconds, "rows": rows, "precision": next((line for line in p.stdout.splitlines()
+                                                               if "trainable parameters" in line), "")}
 
 
 def child(part, *extra, python=sys.executable):
@@ -436,7 +485,6 @@ def report(r, quick, flags=""):
     import torch
 
     mm = r["matmul"]
-    native = mm["bf16_native"]
     lines = ["# Benchmarks", "",
              f"Measured by `python bench/bench.py{flags}` on {time.strftime('%Y-%m-%d')}: "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -451,37 +499,44 @@ def report(r, quick, flags=""):
                  "– | – (no native bf16 units: torch's bf16 matmul is a slow fallback here)")
         lines.append(f"| {d} | {mm[d] / 1e9:.1f} (at {mm[d + '_size']}) | {extra} |")
     t = r["train"]
-    dtype = t["ours_all"].get("dtype", "?")
+    dtype = t["ours_all"].get("dtype", "?")  # the A/B runs in fp32, where the two losses are the same function
     ceiling = mm[dtype] if dtype in mm else mm["fp32"]
-    lines += ["", f"## Training (LoRA r=8 on q_proj v_proj up_proj, batch {BATCH} x {SEQ} tokens of the sample data, "
-                  f"{dtype} as `--dtype auto` picks here{'' if native else ': this CPU has no native bf16 units'})", "",
-              "FLOPs per token = 4 * N_linear + 12 * layers * seq * d_model, the output layer counted only at the "
-              f"positions whose loss counts (see bench/bench.py). Loss: the loss logged at the last step. The runs with "
-              "the loss on every token ran twice, interleaved (A B A B): their s/step is the mean of the two.", "",
-              f"| run | tokens/s | s/step | model GFLOP/s | of the {dtype} ceiling | loss at the last step | peak RSS MiB | "
-              "ratio |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", f"## Training (LoRA r=8 on q_proj v_proj up_proj, batch {BATCH} x {SEQ} tokens of the sample data)", "",
+              f"The A/B of the loss (previous against this project) runs in {dtype}, where the two losses are the same "
+              "function; the rows below it in the precision `--dtype auto` picks here. FLOPs per token = 4 * N_linear "
+              "+ 12 * layers * seq * d_model, the output layer counted only at the positions whose loss counts (see "
+              "bench/bench.py); utilisation against the ceiling of the row's own dtype. Loss: the loss logged at the "
+              "last step. The runs with the loss on every token ran twice, interleaved (A B A B): their s/step is the "
+              "mean of the two.", "",
+              "| run | dtype | tokens/s | s/step | model GFLOP/s | of the ceiling | loss at the last step | peak RSS MiB | "
+              "ratio |", "|---|---|---|---|---|---|---|---|---|"]
     rows = [("previous: the model's own output layer and loss, `--loss_on all`", "previous_all", None),
             ("this project: the loss's chunked output layer, `--loss_on all`", "ours_all", "previous_all"),
             ("previous, `--loss_on completion`", "previous_completion", None),
             ("this project, `--loss_on completion` (output layer at the counted positions only)", "ours_completion",
              "previous_completion"),
-            ("this project, `--bnb` (4-bit base, gradient checkpointing on, as the original)", "ours_bnb", "ours_all"),
-            ("trl 1.16 SFTTrainer, packing 'wrapped', the same texts, LoRA, batch and steps", "trl", "ours_all")]
+            ("this project, `--loss_on all`, `--dtype auto` (bf16 where this CPU is faster in it)", "ours_auto",
+             "ours_all"),
+            ("this project, `--bnb` (4-bit base, gradient checkpointing on, as the original), `--dtype auto`",
+             "ours_bnb", "ours_auto"),
+            ("trl 1.16 SFTTrainer, packing 'wrapped', the same texts, LoRA, batch and steps, `--dtype auto`'s "
+             "precision", "trl", "ours_auto")]
     for label, key, against in rows:
         x = t.get(key, {"error": "not run"})
         if "error" in x:
-            lines.append(f"| {label} | failed: {x['error']} | | | | | | |")
+            lines.append(f"| {label} | | failed: {x['error']} | | | | | | |")
             continue
-        util = f"{100 * x['model_flops_per_second'] / ceiling:.1f}%" if "model_flops_per_second" in x else "–"
+        own = mm.get(x.get("dtype"), ceiling)
+        util = f"{100 * x['model_flops_per_second'] / own:.1f}%" if "model_flops_per_second" in x else "–"
         gflops = f"{x['model_flops_per_second'] / 1e9:.1f}" if "model_flops_per_second" in x else "–"
         loss = loss_at(x)
         versus = ("–" if against is None or "error" in t.get(against, {"error": 1}) else
                   f"{ratio(x['tokens_per_second'], t[against]['tokens_per_second'])} of {against.replace('_', ' ')}")
-        if key == "trl":
-            versus = f"this project is {ratio(t['ours_all']['tokens_per_second'], x['tokens_per_second'])} trl"
+        if key == "trl" and "tokens_per_second" in t.get("ours_auto", {}):
+            versus = f"this project is {ratio(t['ours_auto']['tokens_per_second'], x['tokens_per_second'])} trl"
         runs = x.get("runs_seconds_per_step")
         sps = f"{x['seconds_per_step']:.2f}" + (f" ({', '.join(f'{v:.2f}' for v in runs)})" if runs else "")
-        lines.append(f"| {label} | {x['tokens_per_second']:.0f} | {sps} | {gflops} | {util} | "
+        lines.append(f"| {label} | {x.get('dtype', '?')} | {x['tokens_per_second']:.0f} | {sps} | {gflops} | {util} | "
                      f"{'–' if loss is None else f'{loss:.4f}'} | {x['peak_rss_mib']:.0f} | {versus} |")
     for a, b in (("previous_all", "ours_all"), ("previous_completion", "ours_completion")):
         la, lb = loss_at(t.get(a, {})), loss_at(t.get(b, {}))
@@ -524,9 +579,37 @@ def report(r, quick, flags=""):
                      f"examples/s. bf16 ranking: "
                      + ("measured above." if "rank_bf16_s" in e else "not measured (no native bf16 units here); "
                         "`--dtype auto` keeps ranking in fp32 on a CPU.") + f" Peak RSS {e['peak_rss_mib']:.0f} MiB.")
+    lines += launch_text(r.get("launch"), r.get("study"), t)
     lines += ["", "## Targets (issue 13)", ""] + targets(r)
     lines += ["", "## GPU", "", r["gpu"]]
     return "\n".join(lines) + "\n"
+
+
+def launch_text(launch, study, t):
+    """The bf16 rows against fp32 (issue 21), the local launcher against serial runs (issue 18), the small
+    study's wall time."""
+    out = ["", "## bf16 where this CPU is faster in it; the local launcher; the small study", ""]
+    a, b = t.get("ours_auto", {}), t.get("ours_all", {})
+    if "tokens_per_second" in a and "tokens_per_second" in b:
+        out.append(f"- Training, `--loss_on all`: {a['tokens_per_second']:.0f} tokens/s in {a['dtype']} (`--dtype auto` "
+                   f"here) against {b['tokens_per_second']:.0f} in {b['dtype']}: "
+                   f"{ratio(a['tokens_per_second'], b['tokens_per_second'])}; loss at the last step "
+                   f"{loss_at(a):.4f} against {loss_at(b):.4f}.")
+    if launch and "serial" in launch:
+        s, l = launch["serial"], launch["local"]
+        out.append(f"- Two trainings ({launch['steps']} steps of LoRA on CB each): serial {s['wall_s']:.0f} s (the sum "
+                   f"of the runs), `--launcher local --parallel 2` {l['wall_s']:.0f} s wall "
+                   f"({ratio(s['wall_s'], l['wall_s'])} faster; every run ok: {s['ok'] and l['ok']}). Each of the two "
+                   "parallel runs has one of the two cores.")
+    elif launch:
+        out.append(f"- local launcher: {launch.get('error', 'not run')}")
+    if study and "seconds" in study:
+        out.append(f"- `python study.py` (what `make study` runs once set up): {study['seconds'] / 60:.1f} min "
+                   f"({study['precision'].split('; ')[1] if '; ' in study['precision'] else '?'}); its report:")
+        out += ["", "| setting | boolq | COPA | CB | mean | trainable params |"] + study["rows"]
+    elif study:
+        out.append(f"- study: {study.get('error')}")
+    return out
 
 
 def targets(r):
@@ -535,11 +618,9 @@ def targets(r):
     ok = lambda x: "met" if x else "**not met**"  # noqa: E731
     out = []
     native = mm["bf16_native"]
-    if not native:
-        out.append("- bf16 on CPUs that have it: `--dtype auto` trains in bf16 where torch reports AMX-BF16 (x86) or "
-                   "the BF16 extension (arm64) (`utils.cpu_has_bf16_matmul`), else fp32. This CPU has neither "
-                   f"(bf16 matmul {mm['bf16'] / 1e9:.1f} GFLOP/s against {mm['fp32'] / 1e9:.0f} in fp32), so the "
-                   "training targets below are measured in fp32 and the bf16 rows wait for such a machine.")
+    out.append(f"- bf16 where the CPU is faster in it: the probe behind `--dtype auto` measured bf16 matrix products "
+               f"at {mm.get('bf16_speedup')}x fp32 here, so auto trains in {'bf16' if native else 'fp32'} "
+               f"(bf16 from {utils_threshold()}x).")
     pairs = [("all", "previous_all", "ours_all"), ("completion", "previous_completion", "ours_completion")]
     for loss_on, a, b in pairs:
         if "error" in t.get(a, {"error": 1}) or "error" in t.get(b, {"error": 1}):
@@ -552,8 +633,8 @@ def targets(r):
         dtype = t["ours_all"].get("dtype", "fp32")
         util = t["ours_all"]["model_flops_per_second"] / mm.get(dtype, mm["fp32"])
         out.append(f"- training ≥ 25% of the {dtype} ceiling: {100 * util:.0f}%, {ok(util >= 0.25)}.")
-        if "error" not in t.get("trl", {"error": 1}):
-            x = t["ours_all"]["tokens_per_second"] / t["trl"]["tokens_per_second"]
+        if "error" not in t.get("trl", {"error": 1}) and "error" not in t.get("ours_auto", {"error": 1}):
+            x = t["ours_auto"]["tokens_per_second"] / t["trl"]["tokens_per_second"]
             out.append(f"- training ≥ 2x trl's SFTTrainer: {x:.2f}x, {ok(x >= 2)}.")
     if "error" in e:
         return out
@@ -581,6 +662,12 @@ def targets(r):
     return out
 
 
+def utils_threshold():
+    import utils
+
+    return utils.BF16_FASTER
+
+
 def gpu_text(g):
     if "error" in g:
         return f"failed: {g['error']}"
@@ -596,7 +683,8 @@ def gpu_text(g):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--part", choices=["matmul", "train", "trl", "eval", "gpu"], help=argparse.SUPPRESS)
+    p.add_argument("--part", choices=["matmul", "train", "trl", "eval", "gpu", "launch", "study"], help=argparse.SUPPRESS)
+    p.add_argument("--study", action="store_true", help="also time the whole small study (python study.py), ~10 min")
     p.add_argument("--dtype", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--loss_on", default="all", help=argparse.SUPPRESS)
     p.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
@@ -606,7 +694,8 @@ def main():
     if a.part:
         res = {"matmul": lambda: part_matmul(a.quick), "train": lambda: part_train(a.dtype, a.loss_on, a.impl, a.quick, a.bnb),
                "trl": lambda: part_trl(a.dtype, a.quick), "eval": lambda: part_eval(a.quick),
-               "gpu": lambda: part_gpu(a.quick)}[a.part]()
+               "gpu": lambda: part_gpu(a.quick), "launch": lambda: part_launch(a.quick),
+               "study": lambda: part_study(a.quick)}[a.part]()
         print(json.dumps(res))
         return
     import importlib.metadata as md
@@ -624,7 +713,7 @@ def main():
     for loss_on, repeats in (("all", 2), ("completion", 1)):
         for rep in range(repeats):
             for impl in ("previous", "ours"):
-                res = child("train", "--loss_on", loss_on, "--impl", impl, *q)
+                res = child("train", "--loss_on", loss_on, "--impl", impl, "--dtype", "fp32", *q)
                 print(f"train {impl} {loss_on} ({rep + 1}): {res}", flush=True)
                 key = f"{impl}_{loss_on}"
                 if key in r["train"] and "error" not in res and "error" not in r["train"][key]:
@@ -635,20 +724,29 @@ def main():
                     res["model_flops_per_second"] = res["flops_per_token"] * res["tokens_per_second"]
                     res["losses"] = first["losses"]
                 r["train"][key] = res
+    r["train"]["ours_auto"] = child("train", "--dtype", "auto", *q)
+    print(f"train auto: {r['train']['ours_auto']}", flush=True)
     r["train"]["ours_bnb"] = child("train", "--bnb", *q)
     print(f"train bnb: {r['train']['ours_bnb']}", flush=True)
     r["train"]["trl"] = child("trl", *q)
     print(f"trl: {r['train']['trl']}", flush=True)
     r["eval"] = child("eval", *q)
     print(f"eval: {r['eval']}", flush=True)
+    r["launch"] = child("launch", *q)
+    print(f"launch: {r['launch']}", flush=True)
+    if a.study:
+        r["study"] = child("study", *q)
+        print(f"study: {r['study']}", flush=True)
     if torch.cuda.is_available():
         g = child("gpu", *q)
         print(f"gpu: {g}", flush=True)
         r["gpu"] = gpu_text(g)
     else:
-        r["gpu"] = ("No GPU on this machine: the Llama-2-7B-shaped 4-bit measurement at the paper's per-device batch, "
-                    "with and without gradient checkpointing next to the `--dry_run` estimate (`part_gpu` in "
-                    "bench/bench.py), runs by itself when `make bench` finds a GPU, and waits until then.")
+        r["gpu"] = ("No GPU on this machine: the GPU rows wait for one. `make gpu-check` (scripts/gpu_check.py: 20 "
+                    "`--bnb` steps of a Llama-2-7B-shaped model at the paper's per-device batch, tokens/s and peak "
+                    "memory against the `--dry_run` estimate, and batched 4-bit evaluation against one prompt at a "
+                    "time) has not been run on a GPU yet; `part_gpu` here (the same model with and without gradient "
+                    "checkpointing) runs by itself when `make bench` finds a GPU.")
     text = report(r, a.quick, " --quick" if a.quick else "")
     from utils import atomic_write
 

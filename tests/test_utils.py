@@ -178,12 +178,13 @@ def test_long_prompts_are_shortened_in_the_text_field_never_the_cue():
 
 
 def test_target_module_names_checked_against_the_model():
-    config = utils.load_config(MODEL)
-    assert utils.linear_module_names(config) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
-                                                 "v_proj"]
-    utils.check_target_modules(["q_proj", "v_proj", "gate_proj"], config)
+    import roles
+
+    model = utils.meta_model(utils.load_config(MODEL))
+    res = roles.resolve(["q_proj", "v_proj", "gate_proj"], model)
+    assert res.target_modules == ["q_proj", "v_proj", "gate_proj"] and len(res.paths) == 3 * 30
     with pytest.raises(UserError, match="unknown target module 'up_prj'; this model's linear modules are: down_proj"):
-        utils.check_target_modules(["q_proj", "up_prj"], config)
+        roles.resolve(["q_proj", "up_prj"], model)
 
 
 def test_checkpoint_errors(tmp_path):
