@@ -38,7 +38,7 @@ study: model
 # the benchmark installs its peers (trl, lm-evaluation-harness) from bench/requirements.txt, keeping the project's pins
 bench: model
 	$(PY) -m pip install -q -r bench/requirements.txt -c requirements.txt
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) bench/bench.py
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) bench/bench.py --study
 
 # on a machine with a CUDA GPU: 20 --bnb steps of a Llama-2-7B-shaped model and 4-bit batched evaluation (one table)
 gpu-check: model

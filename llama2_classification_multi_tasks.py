@@ -580,7 +580,15 @@ def fit(model, tokenizer, blocks, args, out, resume_from, prec, place, logging_s
         result = trainer.train(resume_from_checkpoint=resume_from)
     finally:
         restore()
+        close_progress_bars()  # a message after an error or an interrupt starts on a line of its own
     return trainer, result
+
+
+def close_progress_bars():
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def steps_per_epoch(n_blocks, args, processes=1):
@@ -699,9 +707,9 @@ def main(argv=None):
             print(f"\ninterrupted: {kept(out)} in {out}; continue with: {continue_command()}", file=sys.stderr)
             sys.exit(130)
         except NonFinite as e:
-            raise UserError(f"{e} at step {step_of(out)} ({prec.why}): the numbers left the range of the precision or "
-                            f"the updates diverged; train with --dtype fp32 or a lower --learning_rate "
-                            f"({kept(out)})") from None
+            raise UserError(f"{e} {step_of(out)}, in {prec.why}: the numbers left the range of the precision or "
+                            f"the updates diverged; train with --dtype fp32 or a lower --learning_rate; "
+                            f"{kept(out)}") from None
         if control.stop_requested:
             print(f"stopped on {control.stop_requested} at step {trainer.state.global_step}: {kept(out)}; continue "
                   f"with: {continue_command()}", file=sys.stderr)

@@ -201,8 +201,10 @@ class Plan:
         return self.data[key]
 
     def run(self, setting, seed):
-        # the precision resolved here, given to every run: its folder is the one planned wherever it runs
-        argv = self.argv + ["--target_modules", *setting, "--seed", str(seed), "--dtype", self.prec.dtype]
+        # on Slurm the runs resolve --dtype auto on other machines: give them the precision planned here, so that
+        # each run's folder is the planned one (here, the same machine's probe gives the same answer)
+        pinned = ["--dtype", self.prec.dtype] if self.own.launcher == "slurm" else []
+        argv = self.argv + ["--target_modules", *setting, "--seed", str(seed), *pinned]
         args = train.parse_args(argv)
         res = roles.resolve(args.target_modules, self.model, dropout=args.dropout)
         per_task, sources = self.examples(args)

@@ -4,7 +4,7 @@ instead (trl's SFTTrainer, lm-evaluation-harness). Every number comes from one r
 measurement runs in its own child process (for a clean peak memory), one after another. Prints a table and
 writes BENCHMARKS.md. The peers come from bench/requirements.txt (`make bench` installs them).
 
-    python bench/bench.py            # make bench
+    python bench/bench.py --study    # make bench (about 50 minutes on 2 cores, the small study included)
     python bench/bench.py --quick    # fewer steps and prompts (a smoke test)
 
 Model FLOPs per trained token (LoRA: frozen weights need input gradients but no weight gradients):
@@ -604,9 +604,10 @@ def launch_text(launch, study, t):
     elif launch:
         out.append(f"- local launcher: {launch.get('error', 'not run')}")
     if study and "seconds" in study:
-        out.append(f"- `python study.py` (what `make study` runs once set up): {study['seconds'] / 60:.1f} min "
-                   f"({study['precision'].split('; ')[1] if '; ' in study['precision'] else '?'}); its report:")
-        out += ["", "| setting | boolq | COPA | CB | mean | trainable params |"] + study["rows"]
+        out.append(f"- `python study.py` (what `make study` runs once set up): {study['seconds'] / 60:.1f} min, training "
+                   f"in {study['precision'].split('; ')[1] if '; ' in study['precision'] else '?'}; its report:")
+        out += ["", "| setting | boolq | COPA | CB | mean | trainable params |", "|---|---|---|---|---|---|"]
+        out += study["rows"]
     elif study:
         out.append(f"- study: {study.get('error')}")
     return out
@@ -747,7 +748,7 @@ def main():
                     "memory against the `--dry_run` estimate, and batched 4-bit evaluation against one prompt at a "
                     "time) has not been run on a GPU yet; `part_gpu` here (the same model with and without gradient "
                     "checkpointing) runs by itself when `make bench` finds a GPU.")
-    text = report(r, a.quick, " --quick" if a.quick else "")
+    text = report(r, a.quick, (" --quick" if a.quick else "") + (" --study" if a.study else ""))
     from utils import atomic_write
 
     atomic_write(a.out, text)

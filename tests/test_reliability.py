@@ -416,3 +416,18 @@ def test_training_warns_when_the_evaluation_split_is_missing(model, tmp_path):
     assert len(warnings) == 1 and "validation" in warnings[0] and str(root / "CB") in warnings[0]
     p = run(TRAIN, *training(model, SAMPLE, str(tmp_path / "out"), "--max_steps", "1"), "--dry_run")
     assert "warning:" not in p.stdout
+
+
+def test_a_run_whose_loss_is_not_finite_stops_in_one_line(model, data, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    with torch.no_grad():
+        m.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    broken = str(tmp_path / "broken")
+    m.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(model).save_pretrained(broken)
+    p = run(TRAIN, *training(broken, data, str(tmp_path / "out"), "--max_steps", "3"), check=False)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "the training loss is nan before the first checkpoint" in errors[0] and "--dtype fp32" in errors[0]
