@@ -101,6 +101,15 @@ def checkpoints(folder):
     return sorted(out)
 
 
+def not_checkpoint_folders(folder):
+    """Paths named `checkpoint-<step>` that are not folders (a file, a broken link): the Trainer cannot write
+    its checkpoint of that step there, so a resumed run refuses to start while one is in the way."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                  if CHECKPOINT.fullmatch(n) and not os.path.isdir(os.path.join(folder, n)))
+
+
 def checkpoint_problem(path, step):
     """Why a checkpoint folder cannot be resumed from, or None when it is whole: its trainer_state.json reads
     and names its step, its adapter weights, optimizer and scheduler states are there and not empty, and the
@@ -132,8 +141,36 @@ def checkpoint_problem(path, step):
         present = [a for a in alternatives if os.path.exists(os.path.join(path, a))]
         if not present:
             return f"no {name} state"
-        if os.path.isfile(os.path.join(path, present[0])) and os.path.getsize(os.path.join(path, present[0])) == 0:
-            return f"{present[0]} is empty"
+    # every file the Trainer reads back with torch.load when it resumes must load (a file cut off while it was
+    # written, or overwritten, fails there with a traceback after the model has loaded)
+    saved = sorted(f for f in os.listdir(path) if f in ("optimizer.pt", "scheduler.pt", "scaler.pt", "adapter_model.bin")
+                   or (f.startswith("rng_state") and f.endswith(".pth")))
+    for name in saved:
+        problem = torch_file_problem(os.path.join(path, name))
+        if problem:
+            return f"{name} {problem}"
+    return None
+
+
+def torch_file_problem(path):
+    """Why a file written by torch.save cannot be read back as the Trainer reads it (weights_only, with the
+    Trainer's allowed numpy types), or None.
+    Memory-mapped, so that the check reads the file's index, not its tensors."""
+    if os.path.getsize(path) == 0:
+        return "is empty"
+    import torch
+    from transformers.trainer_pt_utils import safe_globals  # the numpy types the Trainer allows in rng_state.pth
+
+    try:
+        with safe_globals():
+            try:
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                torch.load(path, map_location="cpu", weights_only=True)  # an old-format file cannot be mapped
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a reason to skip its checkpoint
+        return f"is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else 'cut off'})"
     return None
 
 

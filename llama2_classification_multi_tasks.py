@@ -253,6 +253,10 @@ def check_folder(out, args, ident):
                             "resume it with the flags it was started with, or --overwrite to start again")
     if not args.resume:
         raise UserError(f"{out} already holds a partial run: pass --resume to continue it or --overwrite to replace it")
+    blocking = experiment.not_checkpoint_folders(out)
+    if blocking:
+        raise UserError(f"{blocking[0]} is not a checkpoint folder, and the Trainer would write its checkpoint there: "
+                        "move it out of the experiment folder, then --resume")
     found = experiment.newest_whole_checkpoint(out)
     if found is None:
         print(f"--resume: {out} holds no whole checkpoint yet; starting from the first step")

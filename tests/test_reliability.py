@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 
 import pytest
 import torch
@@ -89,6 +90,15 @@ def test_resume_uses_the_newest_whole_checkpoint_and_the_loss_of_every_step(mode
     os.makedirs(os.path.join(exp, "checkpoint-final"))  # not checkpoint-<number>: ignored
     p = run(TRAIN, *argv, check=False)
     assert p.returncode == 2 and "partial run" in p.stderr
+    open(os.path.join(exp, "checkpoint-3.bak"), "w").close()  # not checkpoint-<number>: ignored
+    in_the_way = os.path.join(exp, "checkpoint-4.tmp")  # a file where the resumed run will save its step 4
+    os.rename(os.path.join(exp, "checkpoint-4"), in_the_way)
+    open(os.path.join(exp, "checkpoint-4"), "w").close()
+    p = run(TRAIN, *argv, "--resume", check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(f"error: {exp}/checkpoint-4 is not a checkpoint folder")
+    assert "Traceback" not in p.stderr
+    os.unlink(os.path.join(exp, "checkpoint-4"))
+    os.rename(in_the_way, os.path.join(exp, "checkpoint-4"))
     p = run(TRAIN, *argv, "--resume")
     skipped = [line for line in p.stdout.splitlines() if line.startswith("--resume: skipping")]
     assert len(skipped) == 2 and "checkpoint-4: no trainer_state.json" in skipped[0]
@@ -115,9 +125,20 @@ def checkpoint(folder, number, **broken):
         open(os.path.join(path, "trainer_state.json"), "w").write(text)
     if broken.get("weights") != "missing":
         save_file({"a.lora_A.weight": torch.ones(2, 2)}, os.path.join(path, "adapter_model.safetensors"))
-    for name in ("optimizer.pt", "scheduler.pt"):
-        if broken.get(name) != "missing":
-            open(os.path.join(path, name), "wb").write(b"" if broken.get(name) == "empty" else b"x")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        kind, file = broken.get(name), os.path.join(path, name)
+        if kind == "missing":
+            continue
+        torch.save({"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"lr": 1e-3}]}, file)
+        if kind == "empty":
+            open(file, "wb").close()
+        elif kind == "cut off":
+            with open(file, "r+b") as f:
+                f.truncate(os.path.getsize(file) // 2)
+        elif kind == "garbage":
+            open(file, "wb").write(b"\x00not a torch file" * 10)
+        elif kind == "unsafe":  # a pickle that weights_only loading refuses, as the Trainer loads it
+            torch.save({"lr": Fraction(1, 3)}, file)
     return path
 
 
@@ -129,6 +150,13 @@ def checkpoint(folder, number, **broken):
     ({"optimizer.pt": "missing"}, "no optimizer state"),
     ({"optimizer.pt": "empty"}, "optimizer.pt is empty"),
     ({"scheduler.pt": "missing"}, "no scheduler state"),
+    ({"optimizer.pt": "cut off"}, "optimizer.pt is unreadable"),
+    ({"optimizer.pt": "garbage"}, "optimizer.pt is unreadable"),
+    ({"scheduler.pt": "cut off"}, "scheduler.pt is unreadable"),
+    ({"scheduler.pt": "empty"}, "scheduler.pt is empty"),
+    ({"scheduler.pt": "unsafe"}, "scheduler.pt is unreadable"),
+    ({"rng_state.pth": "empty"}, "rng_state.pth is empty"),
+    ({"rng_state.pth": "garbage"}, "rng_state.pth is unreadable"),
 ])
 def test_a_checkpoint_that_is_not_whole_is_skipped_with_its_reason(tmp_path, broken, why):
     checkpoint(str(tmp_path), 1)
