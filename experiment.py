@@ -60,8 +60,11 @@ def lock(folder, what):
     while not os.path.exists(path):  # the folders made here, removed again if left empty
         created.append(path)
         path = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    f = open(os.path.join(folder, LOCK), "a+", encoding="utf-8")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        f = open(os.path.join(folder, LOCK), "a+", encoding="utf-8")
+    except OSError as e:  # read-only, not permitted, a file on the way, a name too long: before any model loads
+        raise UserError(f"cannot write in {folder}: {e.strerror or e} (choose a folder you can write to)") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 
@@ -156,8 +157,10 @@ def check_output_root(root):
         path = os.path.dirname(path)
     if not os.path.isdir(path):
         raise UserError(f"--output_root {root}: {path} is a file, not a folder")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"--output_root {root}: {path} is not writable")
+    try:  # a real write: permissions, read-only mounts and file systems that refuse it (os.access may not know)
+        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=path))
+    except OSError as e:
+        raise UserError(f"--output_root {root}: {path} is not writable ({e.strerror or e})") from None
 
 
 def load_training_examples(tasks, args):

@@ -121,3 +121,34 @@ def test_a_real_process_exits_2_with_one_line(tmp_path):
     lines = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert p.returncode == 2 and len(lines) == 1 and "'v_prj'" in lines[0] and "Traceback" not in p.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script", [train, inference, study], ids=["train", "evaluate the base model", "study"])
+def test_an_output_root_the_system_refuses_is_one_line_before_any_model_loads(script, tmp_path, capsys, monkeypatch):
+    """A read-only mount (or a file system that refuses, where os.access says yes): the error names the folder and
+    the cause, exit 2, and nothing loads a model."""
+    import errno
+
+    import utils
+
+    refused = str(tmp_path / "readonly")
+    os.makedirs(refused)
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *a, **k):
+        if os.path.abspath(path).startswith(refused):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_mkdir(path, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(utils, "load_base", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.chdir(tmp_path)
+    args = ["--pretrained_ckpt", MODEL, "--data_root", SAMPLE, "--tasks", "CB", "--output_root", refused + "/runs"]
+    args += ["--max_test_samples", "4"] if script is inference else []
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: script.main(args))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and "Traceback" not in err, err
+    assert refused in err and "Read-only file system" in err
+    assert ("--output_root" in err) == (script is not inference)  # training and the study check it first of all
+    assert os.listdir(refused) == []
