@@ -136,6 +136,10 @@ def check_args(args):
                  "max_seq_length", "logging_steps", "save_steps", "lora_alpha"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             raise UserError(f"--{flag} must be positive, got {getattr(args, flag)}")
+    if args.max_seq_length == 1:
+        raise UserError("--max_seq_length must be at least 2, got 1: in a block of one token nothing is predicted")
+    if not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32 - 1] (torch's and numpy's seed range), got {args.seed}")
     if args.max_steps == 0 or args.max_steps < -1:
         raise UserError(f"--max_steps must be positive or -1, got {args.max_steps}")
     if not args.learning_rate > 0 or not math.isfinite(args.learning_rate):
@@ -319,7 +323,16 @@ def training_blocks(per_task, tokenizer, args):
         tokens = sum(len(ids) for ids, _ in encoded)
         raise UserError(f"the training texts make {tokens} tokens, fewer than one block of --max_seq_length "
                         f"{args.max_seq_length}: lower it or add rows")
-    return blocks
+    # a block in which no token is predicted (--loss_on completion inside a long passage, a padded last block of
+    # one token) has no loss: it would divide 0 by 0; it teaches nothing, so it is left out, and said so
+    teaching = [b for b in blocks if any(label != -100 for label in b["labels"][1:])]
+    if not teaching:
+        raise UserError(f"no block of --max_seq_length {args.max_seq_length} holds a token to predict (loss on "
+                        f"{args.loss_on}): raise --max_seq_length or use --loss_on all")
+    if len(teaching) < len(blocks):
+        print(f"{len(blocks) - len(teaching)} of {len(blocks)} blocks hold no token the loss counts (loss on "
+              f"{args.loss_on}) and are left out")
+    return teaching
 
 
 def optimizer_steps(n_blocks, args, processes=1):
@@ -476,9 +489,12 @@ def output_layer_in_the_loss(model):
         if isinstance(weight, DTensor):  # a shard under FSDP2 (accelerate's wrapping usually hands the whole one)
             weight = weight.full_tensor()
         total = ChunkedCrossEntropy.apply(hidden[keep], weight, targets[keep])
+        count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
         if not torch.isfinite(total):
             raise NonFinite(f"the training loss is {total.item()}")
-        return total / (num_items_in_batch if num_items_in_batch is not None else keep.sum())
+        if count == 0:  # nothing counted in this batch (blocks without one are left out): no loss, not 0/0
+            return total * 0.0
+        return total / count
 
     def restore():
         del head.forward  # nn.Linear's own forward again
@@ -525,9 +541,10 @@ def training_arguments(args, out, prec, place, logging_steps=None):
 
 def run_control():
     """A Trainer callback that (1) logs the loss whenever a checkpoint is saved and at the last step, so that
-    the log history of every checkpoint covers every step before it (train_loss_of), and (2) on SIGUSR1 or
+    the log history of every checkpoint covers every step before it (train_loss_of), (2) on SIGUSR1 or
     SIGTERM (a scheduler's time limit or pre-emption) saves a checkpoint at the end of the current optimizer step
-    and stops the training there (the run then exits with RESUMABLE)."""
+    and stops the training there (the run then exits with RESUMABLE), (3) gives each checkpoint's files the
+    umask's mode, and (4) on --resume saves and logs at this run's intervals, not the checkpoint's."""
     from transformers import TrainerCallback
 
     class RunControl(TrainerCallback):
@@ -542,6 +559,18 @@ def run_control():
             if control.should_save or state.global_step >= state.max_steps:
                 control.should_log = True
             return control
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # a resumed Trainer takes the checkpoint's save and logging intervals: this run's flags decide them
+            before = (state.save_steps, state.logging_steps)
+            state.compute_steps(args, state.max_steps)
+            if state.global_step and before != (state.save_steps, state.logging_steps):
+                print(f"--resume: saving every {state.save_steps} steps and logging every {state.logging_steps} "
+                      f"from step {state.global_step} (the checkpoint's run: {before[0]} and {before[1]})")
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:  # a checkpoint others can read, as the results
+                utils.follow_umask(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
 
     control = RunControl()
     for sig in (signal.SIGUSR1, signal.SIGTERM):
@@ -606,17 +635,18 @@ def save_experiment(trainer, tokenizer, args, out, record, adapter=None):
     """The original's files (adapter and tokenizer in assets/, the parameter-count file, results.pkl)
     plus results.json and experiment.json (written last: it marks the run finished), each written whole or not
     at all. The train loss is the mean over all of the run's steps, a resumed run's included."""
+    step = trainer.state.global_step
+    loss = train_loss_of(trainer.state.log_history, step)
     trainable, total = record["trainable_params"], record["total_params"]
     utils.atomic_write(os.path.join(out, f"{trainable}_total_{total}.txt"), f"{trainable}\n{total}\n{trainable / total}\n")
     tmp_assets = os.path.join(out, ".assets-tmp")
     shutil.rmtree(tmp_assets, ignore_errors=True)
     trainer.model.save_pretrained(tmp_assets, state_dict=adapter)  # adapter: gathered from FSDP's shards, or None
     tokenizer.save_pretrained(tmp_assets)
+    utils.follow_umask(tmp_assets)
     check_saved_adapter(tmp_assets, record["trainable_params"])
     shutil.rmtree(os.path.join(out, "assets"), ignore_errors=True)
     os.replace(tmp_assets, os.path.join(out, "assets"))
-    step = trainer.state.global_step
-    loss = train_loss_of(trainer.state.log_history, step)
     epochs = round(step / record["steps_per_epoch"], 4)
     utils.atomic_write(os.path.join(out, "results.pkl"), pickle.dumps([args.epochs, args.lora_r, args.dropout, loss]))
     utils.write_json(os.path.join(out, "results.json"), {"epochs": args.epochs, "epochs_trained": epochs,
@@ -710,6 +740,9 @@ def main(argv=None):
         control = run_control()
         try:
             trainer, _ = fit(model, tokenizer, blocks, args, out, resume_from, prec, place, logging_steps, control)
+            mean = train_loss_of(trainer.state.log_history, trainer.state.global_step)
+            if mean is not None and not math.isfinite(mean):  # before anything is written: the run is not finished
+                raise NonFinite(f"the mean training loss is {mean}")
         except KeyboardInterrupt:
             print(f"\ninterrupted: {kept(out)} in {out}; continue with: {continue_command()}", file=sys.stderr)
             sys.exit(130)

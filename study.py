@@ -325,6 +325,12 @@ def main(argv=None):
             raise UserError(f"--{flag} must be positive, got {getattr(own, flag)}")
     if own.gpus_per_run < 0 or (own.accelerate_config and own.gpus_per_run < 2):
         raise UserError(f"--gpus_per_run must be 0 or more (2 or more with --accelerate_config), got {own.gpus_per_run}")
+    for seed in own.seeds:
+        if not 0 <= seed < 2**32:
+            raise UserError(f"--seeds: {seed} is outside [0, 2**32 - 1] (torch's and numpy's seed range)")
+    twice = sorted({s for s in own.seeds if own.seeds.count(s) > 1})
+    if twice:
+        raise UserError(f"--seeds names {' '.join(map(str, twice))} twice: each seed is one run of every setting")
     if own.parallel is not None and own.parallel <= 0:
         raise UserError(f"--parallel must be positive, got {own.parallel}")
     if own.accelerate_config and not os.path.isfile(own.accelerate_config):

@@ -40,9 +40,25 @@ def file_mode(path):
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return 0o666 & ~mask
+        return umask_mode()
+
+
+def umask_mode():
+    """What the umask leaves of 0666: the mode open() gives a new file."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def follow_umask(folder):
+    """Give every file under `folder` the umask's mode: libraries that write through a temporary file
+    (safetensors 0.8 among them) leave 0600, which colleagues on a shared machine cannot read."""
+    mode = umask_mode()
+    for where, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(where, name)
+            if os.path.isfile(path) and not os.path.islink(path) and stat.S_IMODE(os.stat(path).st_mode) != mode:
+                os.chmod(path, mode)
 
 
 def atomic_write(path, data):
@@ -127,9 +143,9 @@ def read_experiment(exp_dir):
     """The record of a trained experiment, after checking its adapter is there and readable: its
     experiment.json, or, for a folder the original code wrote (no experiment.json), a record read from the
     folder's names, its `<trainable>_total_<all>.txt` and assets/adapter_config.json."""
-    if not os.path.isdir(exp_dir):
-        raise UserError(f"experiment folder {exp_dir} does not exist")
     wrong = experiment.not_an_experiment(exp_dir)
+    if wrong is None and not os.path.isdir(exp_dir):
+        wrong = f"experiment folder {exp_dir} does not exist"
     if wrong:
         raise UserError(wrong)
     assets = os.path.join(exp_dir, "assets")
@@ -139,6 +155,11 @@ def read_experiment(exp_dir):
             raise UserError(f"{exp_dir} is still being trained ({who}): evaluate it when the training has finished")
         if experiment.state(exp_dir) == "new":
             raise UserError(f"{exp_dir} holds no training run (no assets/ folder): train it first")
+        if not experiment.trained_here(exp_dir):
+            held = sorted(os.listdir(exp_dir))
+            more = f" and {len(held) - 4} more" if len(held) > 4 else ""
+            raise UserError(f"{exp_dir} is not an experiment folder: no assets/, no experiment.json, no checkpoint "
+                            f"(it holds {', '.join(held[:4])}{more}); give a folder a training wrote")
         raise UserError(f"{exp_dir} has no assets/ folder: its training did not finish (run the training command "
                         "again with --resume to finish it)")
     cfg = read_json(os.path.join(assets, "adapter_config.json"), "adapter config")
@@ -401,6 +422,7 @@ def gguf_to_folder(gguf_path, out_dir):
     tmp = out_dir.rstrip("/") + ".tmp"
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    follow_umask(tmp)
     if os.path.isdir(out_dir):
         import shutil
 

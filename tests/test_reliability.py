@@ -18,9 +18,10 @@ import torch
 import experiment
 import identity
 import llama2_classification_multi_tasks as train
+import prompts
 import utils
 from common import UserError
-from conftest import EVAL, ROOT, SAMPLE, TRAIN, free_port, only_dir, run, small_llama
+from conftest import EVAL, MODEL, ROOT, SAMPLE, TRAIN, free_port, only_dir, run, small_llama
 
 SHARED = ["--max_seq_length", "64", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
           "--dropout", "0", "--target_modules", "q_proj", "v_proj"]
@@ -110,6 +111,20 @@ def test_resume_uses_the_newest_whole_checkpoint_and_the_loss_of_every_step(mode
     assert resumed["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-5)
     for k, v in load_file(os.path.join(exp, "assets", "adapter_model.safetensors")).items():
         assert (v - adapter[k]).abs().max() < 1e-5, k
+
+
+def test_a_resumed_run_saves_and_logs_at_its_own_intervals(model, data, tmp_path):
+    """The Trainer restores the checkpoint's save and logging intervals; the flags of the resumed run decide."""
+    argv = training(model, data, str(tmp_path), "--max_steps", "4", "--save_steps", "1", "--logging_steps", "1")
+    run(TRAIN, *argv)
+    exp = only_dir(str(tmp_path))
+    make_partial(exp, keep=1)
+    p = run(TRAIN, *argv, "--save_steps", "3", "--logging_steps", "2", "--resume")
+    assert "--resume: saving every 3 steps and logging every 2 from step 1 (the checkpoint's run: 1 and 1)" in p.stdout
+    assert [step for step, _ in experiment.checkpoints(exp)] == [1, 3, 4]  # 4: the Trainer saves the last step
+    logged = [e["step"] for e in json.load(open(os.path.join(exp, "checkpoint-3", "trainer_state.json")))["log_history"]
+              if "loss" in e]
+    assert logged == [1, 2, 3]  # step 1 from the first run; 2 on the new interval; 3 where it saved (run_control)
 
 
 def checkpoint(folder, number, **broken):
@@ -266,6 +281,55 @@ def test_a_non_finite_training_loss_stops_the_run(model):
     restore()
 
 
+def test_a_batch_with_no_counted_token_has_no_loss_not_nan(model):
+    prec = utils.precision("fp32", False, "train", bf16_cpu=False)
+    m = train.add_lora(utils.load_base(model, prec, utils.placement(0, False)), train.parse_args(
+        ["--tasks", "CB", "--target_modules", "q_proj"]), prec)
+    loss, restore = train.output_layer_in_the_loss(m)
+    ids = torch.randint(0, 100, (1, 8))
+    labels = torch.full_like(ids, -100)
+    for count in (None, 0):
+        value = loss(m(input_ids=ids), labels, count)
+        assert torch.isfinite(value) and value.item() == 0.0
+        value.backward()  # no NaN reaches the adapter
+        assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    restore()
+
+
+def test_blocks_in_which_nothing_is_predicted_are_left_out_and_said(tmp_path, capsys, monkeypatch):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(MODEL)
+    per_task = {"CB": prompts.load(prompts.TASKS["CB"], SAMPLE, "train", max_samples=6)[0]}
+    args = train.parse_args(["--tasks", "CB", "--max_seq_length", "4", "--loss_on", "completion"])
+    blocks = train.training_blocks(per_task, tok, args)
+    said = capsys.readouterr().out
+    assert blocks and all(any(x != -100 for x in b["labels"][1:]) for b in blocks)
+    assert "blocks hold no token the loss counts (loss on completion) and are left out" in said
+    args = train.parse_args(["--tasks", "CB", "--max_seq_length", "4"])  # the loss on every token: all teach
+    assert len(train.training_blocks(per_task, tok, args)) > len(blocks) and "left out" not in capsys.readouterr().out
+    args = train.parse_args(["--tasks", "CB", "--max_seq_length", "4", "--loss_on", "completion"])
+    real_pack = utils.pack
+    # the answers only ever at a block's first position (where no token predicts them): nothing is left
+    monkeypatch.setattr(utils, "pack", lambda *a, **k: [{**b, "labels": [b["labels"][0]] + [-100] * 3}
+                                                         for b in real_pack(*a, **k)])
+    with pytest.raises(UserError, match="no block of --max_seq_length 4 holds a token to predict"):
+        train.training_blocks(per_task, tok, args)
+
+
+def test_a_mean_training_loss_that_is_not_finite_never_finishes_a_run(model, data, tmp_path, monkeypatch, capsys):
+    """The last guard: whatever made the logged loss NaN, the run is not recorded as finished."""
+    from common import run_main
+
+    monkeypatch.setattr(train, "train_loss_of", lambda history, step: float("nan"))
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: train.main(training(model, data, str(tmp_path), "--max_steps", "1")))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "the mean training loss is nan" in err and "--dtype fp32" in err
+    exp = only_dir(str(tmp_path))
+    assert not os.path.exists(os.path.join(exp, "experiment.json")) and experiment.state(exp) == "partial"
+
+
 # ---- 5. an over-long row is handled ------------------------------------------------------------------------
 
 def test_a_row_that_cannot_fit_is_skipped_and_the_task_goes_on(model, tmp_path):
@@ -405,6 +469,46 @@ def test_a_wrong_experiment_dir_is_told_apart_from_an_unfinished_run(tmp_path):
             utils.read_experiment(str(path))
 
 
+def test_every_folder_that_is_not_an_experiment_is_named_for_what_it_is(tmp_path):
+    """An output root, a base model's evaluation, a run's logs, a data or model folder, a file: each is told
+    apart from a run whose training did not finish (which alone is advised --resume)."""
+    exp = tmp_path / "out" / "CB" / "classification-run"
+    (exp / "assets").mkdir(parents=True)
+    (exp / "assets" / "adapter_config.json").write_text('{"target_modules": ["q_proj"]}')
+    (exp / "experiment.json").write_text(json.dumps({"args": {"tasks": ["CB"]}}))
+    (exp / "logs").mkdir()
+    base = tmp_path / "out" / "CB" / "base-SmolLM2"
+    (base / "metrics").mkdir(parents=True)
+    (base / "experiment.json").write_text(json.dumps({"kind": "base", "args": {"tasks": ["CB"]}}))
+    data = tmp_path / "data" / "CB"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").write_text("{}\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("x")
+    unfinished = tmp_path / "out" / "CB" / "classification-unfinished"
+    unfinished.mkdir()
+    (unfinished / "identity.json").write_text("{}")
+    (unfinished / "logs").mkdir()
+    for path, message in ((tmp_path / "out", "is an output root holding tasks folders (CB), not an experiment"),
+                          (base, "holds the base model's evaluation, not a trained adapter"),
+                          (exp / "logs", "is inside an experiment: give its experiment folder"),
+                          (tmp_path / "data", "is not an experiment folder: no assets/, no experiment.json, no checkpoint"),
+                          (data, "is not an experiment folder"),
+                          (model, "is a model folder, not an experiment: give it as --pretrained_ckpt"),
+                          (tmp_path / "notes.txt", "is a file, not an experiment folder"),
+                          (tmp_path / "nowhere", "does not exist"),
+                          (unfinished, "its training did not finish"),
+                          (unfinished / "logs", "is inside an experiment")):
+        with pytest.raises(UserError) as e:
+            utils.read_experiment(str(path))
+        assert message in str(e.value) and ("--resume" in str(e.value)) == (path == unfinished), (path, str(e.value))
+    with pytest.raises(UserError) as e:
+        utils.read_experiment(str(tmp_path / "out"))
+    assert str(e.value).endswith(f"e.g. {exp}")  # a trained adapter's folder, not the base model's
+
+
 def test_accelerate_tests_take_a_free_port():
     import socket
 
@@ -423,6 +527,23 @@ def test_results_follow_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert os.stat(tmp_path / "a.json").st_mode & 0o777 == mode
+
+
+def test_a_run_and_its_evaluation_leave_every_file_in_the_umasks_mode(model, data, tmp_path):
+    """The adapter (safetensors writes 0600 through a temporary file), the checkpoints, the records, the metrics
+    and the report: all readable by colleagues, with a umask of 002 (group-writable, 0664)."""
+    old = os.umask(0o002)
+    try:
+        run(TRAIN, *training(model, data, str(tmp_path), "--max_steps", "2", "--save_steps", "1"))
+        exp = only_dir(str(tmp_path))
+        run(EVAL, "--experiment_dir", exp, "--max_test_samples", "4", "--scoring", "rank")
+        run(os.path.join(ROOT, "get_eval_tasks.py"), "--root", str(tmp_path), "--no_plot")
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in tmp_path.rglob("*") if p.is_file()}
+    assert any(name.endswith("assets/adapter_model.safetensors") for name in modes)
+    assert any("checkpoint-1/adapter_model.safetensors" in name for name in modes) and len(modes) > 20
+    assert {k: v for k, v in modes.items() if v != oct(0o664)} == {}
 
 
 def test_a_replaced_file_keeps_its_mode(tmp_path):
