@@ -357,6 +357,15 @@ def _disk_target(task, disk, split):
                     f"{task.name}/{split}.{_PATTERN} files")
 
 
+def _saved_split(folder):
+    """The split name a lone saved Dataset was saved as (its state.json's _split), or None."""
+    try:
+        with open(os.path.join(folder, "state.json"), encoding="utf-8") as f:
+            return json.load(f).get("_split")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _empty_saved(folder):
     """The columns of a saved Dataset that holds no rows (datasets 5 cannot load one back), else None."""
     try:
@@ -454,6 +463,12 @@ def _locate(task, data_root, split):
         path = os.path.join(data_root or "", task.name, f"{split}.{ext}")
         if os.path.isfile(path):
             return "file", path
+        if os.path.isdir(path):
+            raise UserError(f"{path} is a folder, not a {ext} file: put the rows in a file of that name (a folder "
+                            f"saved by datasets goes in a disk_datasets/ folder)")
+        if os.path.lexists(path):
+            raise UserError(f"{path} is a link to {os.readlink(path)!r}, which does not exist"
+                            if os.path.islink(path) else f"{path} is not a regular file")
     tried.append(f"{_file_pattern(task, data_root, split)} (no such file{_task_folder_note(task, data_root, split)})")
     return None, tried
 
@@ -502,7 +517,10 @@ def read_rows(task, data_root, split):
     if found[0] == "disk":
         _, folder, sub = found
         source = {"source": "disk_datasets", "path": folder, "split": split}
-        return _read_disk(task, folder, sub, describe(source)), source, None, "the saved split has no rows"
+        rows = _read_disk(task, folder, sub, describe(source))
+        if sub is None and _savedkind_of(folder) == "Dataset" and _saved_split(folder) is None:
+            source["every_split"] = True  # one Dataset saved without a split name: said wherever the source is
+        return rows, source, None, "the saved split has no rows"
     if found[0] == "file":
         rows, lines, empty = _read_file(found[1], task)
         return rows, {"source": "file", "path": found[1], "split": split}, lines, empty
@@ -546,6 +564,8 @@ def describe(source, dropped=False):
         text = f"hub {source['hub_id']}" + (f" ({source['config']})" if source["config"] else "") + f" [{source['split']}]"
     else:
         text = source["path"] + (f" [{source['split']}]" if source["source"] == "disk_datasets" else "")
+    if source.get("every_split"):
+        text += " (one Dataset saved without a split name: the same rows serve training and evaluation)"
     if dropped and source.get("dropped"):
         n = sum(source["dropped"].values())
         text += f" ({n} of {source.get('rows', '?')} rows dropped; {reasons(source['dropped'])})"

@@ -302,6 +302,13 @@ def clean_counted(task, rows, where, lines=None):
         try:
             raw = task.label(row)
             fields = {k: get(row) for k, get in task.fields.items()}
+            if not task.strings_only:  # 20_Newsgroups_Fixed drops such rows (the original's rule); others say so
+                for k, v in fields.items():
+                    what = f"column {k!r}" if k in task.source_columns else f"option {k}"
+                    if v is None or (isinstance(v, float) and math.isnan(v)):
+                        raise RowError(f"{what} is empty (null); task {task.name} needs a text there")
+                    if isinstance(v, (bool, list, tuple, dict)):
+                        raise RowError(f"{what} is {kind_of(v)}, not a text")
             reason = None
             if task.strings_only:
                 bad = [k for k, v in [*fields.items(), ("label", raw)] if not isinstance(v, str)]

@@ -196,6 +196,22 @@ BAD = [
     ("json: label a word", "boolq", "boolq/train.json",
      json.dumps([{"question": "q", "passage": "p", "label": 1}, {"question": "q", "passage": "p", "label": "yes"}]),
      "train", ["{f} row 1: label 'yes' is not one of [0, 1] for task boolq"]),
+    # --- a text column of the wrong type (labels have their own cases)
+    ("jsonl: premise null", "CB", "CB/train.jsonl", jsonl([CB_ROWS[0], {**CB_ROWS[1], "premise": None}]), "train",
+     ["{f} row 1: column 'premise' is empty (null); task CB needs a text there (line 2 of the file)"]),
+    ("jsonl: hypothesis an object", "CB", "CB/train.jsonl", jsonl([{**CB_ROWS[0], "hypothesis": {"x": [1, 2]}}]),
+     "train", ["{f} row 0: column 'hypothesis' is an object, not a text (line 1 of the file)"]),
+    ("json: question a list", "boolq", "boolq/train.json",
+     json.dumps([{"question": ["is", "it"], "passage": "p", "label": 1}]), "train",
+     ["{f} row 0: column 'question' is a list, not a text"]),
+    ("jsonl: COPA choice true", "COPA", "COPA/train.jsonl",
+     jsonl([{"premise": "p", "choice1": True, "choice2": "b", "question": "cause", "label": 0}]), "train",
+     ["{f} row 0: column 'choice1' is true/false, not a text"]),
+    ("parquet: premise null", "CB", "CB/train.parquet", parquet({**CB_COLUMNS, "premise": ["a", None, "c", "d", "e", "f"]}),
+     "train", ["{f} row 1: column 'premise' is empty (null)"]),
+    ("race: an option null", "race_high", "race_high/train.jsonl",
+     jsonl([{"article": "a", "question": "q", "options": ["w", None, "y", "z"], "answer": "A"}]), "train",
+     ["{f} row 0: option B is empty (null)"]),
     # --- csv
     ("csv: header does not match", "CB", "CB/train.csv", csv_text(CB_ROWS, ("premise", "hypo", "label")), "train",
      ["{f}: header has premise, hypo, label; task CB needs premise, hypothesis, label (missing hypothesis)"]),
@@ -346,6 +362,41 @@ def test_good_variants_load_with_the_right_labels(name, task, rel, content, labe
     if field:
         assert examples[0].fields[field[0]] == field[1]
     assert source["rows"] == len(labels) and source["dropped"] == {}
+
+
+def test_a_number_where_a_text_belongs_is_its_text(tmp_path):
+    put(str(tmp_path), "CB/train.jsonl", jsonl([{**CB_ROWS[0], "premise": 1984, "hypothesis": 2.5}]))
+    examples, _ = prompts.load(TASKS["CB"], str(tmp_path), "train")
+    assert examples[0].fields == {"premise": "1984", "hypothesis": "2.5"}
+
+
+@pytest.mark.parametrize("make,said", [
+    (os.makedirs, "is a folder, not a jsonl file"),
+    (lambda p: os.symlink(p + ".gone", p), "is a link to"),
+], ids=["a folder named train.jsonl", "a dangling link"])
+def test_a_data_path_that_is_not_a_file_says_what_it_is(make, said, tmp_path):
+    path = str(tmp_path / "CB" / "train.jsonl")
+    os.makedirs(os.path.dirname(path))
+    make(path)
+    for call in (lambda: prompts.load(TASKS["CB"], str(tmp_path), "train"),
+                 lambda: (_ for _ in ()).throw(UserError(datafiles.source_problem(TASKS["CB"], str(tmp_path), "train")))):
+        with pytest.raises(UserError) as e:
+            call()
+        assert str(e.value).startswith(f"{path} {said}") and "\n" not in str(e.value)
+
+
+def test_a_dataset_saved_without_a_split_name_says_it_serves_every_split(tmp_path):
+    import datasets
+
+    folder = str(tmp_path / "disk_datasets" / "super_glue" / "cb")
+    datasets.Dataset.from_list(CB_ROWS).save_to_disk(folder)
+    for split in ("train", "validation"):
+        examples, source = prompts.load(TASKS["CB"], str(tmp_path), split)
+        assert len(examples) == 6 and "the same rows serve training and evaluation" in datafiles.describe(source)
+    named = str(tmp_path / "named" / "disk_datasets" / "super_glue" / "cb")
+    datasets.Dataset.from_list(CB_ROWS, split="train").save_to_disk(named)
+    _, source = prompts.load(TASKS["CB"], str(tmp_path / "named"), "train")
+    assert "same rows" not in datafiles.describe(source)
 
 
 # ----------------------------------------------------------------------------------------------------
