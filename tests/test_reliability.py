@@ -268,11 +268,16 @@ def test_non_finite_scores_stop_the_task_and_write_no_metrics(overflowing, data,
                                              "metrics" + ("-rank" if scoring == "rank" else "-new3") + "-fp32"))
 
 
-def test_a_non_finite_training_loss_stops_the_run(model):
+def lora_with_its_loss(model):
+    """(the small model with a q_proj adapter in fp32, the training loss, the restore of its output layer)."""
     prec = utils.precision("fp32", False, "train", bf16_cpu=False)
     m = train.add_lora(utils.load_base(model, prec, utils.placement(0, False)), train.parse_args(
         ["--tasks", "CB", "--target_modules", "q_proj"]), prec)
-    loss, restore = train.output_layer_in_the_loss(m)
+    return (m, *train.output_layer_in_the_loss(m))
+
+
+def test_a_non_finite_training_loss_stops_the_run(model):
+    m, loss, restore = lora_with_its_loss(model)
     ids = torch.randint(0, 100, (1, 8))
     out = m(input_ids=ids)
     out.logits[0, 2, 0] = float("nan")
@@ -282,10 +287,7 @@ def test_a_non_finite_training_loss_stops_the_run(model):
 
 
 def test_a_batch_with_no_counted_token_has_no_loss_not_nan(model):
-    prec = utils.precision("fp32", False, "train", bf16_cpu=False)
-    m = train.add_lora(utils.load_base(model, prec, utils.placement(0, False)), train.parse_args(
-        ["--tasks", "CB", "--target_modules", "q_proj"]), prec)
-    loss, restore = train.output_layer_in_the_loss(m)
+    m, loss, restore = lora_with_its_loss(model)
     ids = torch.randint(0, 100, (1, 8))
     labels = torch.full_like(ids, -100)
     for count in (None, 0):
