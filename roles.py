@@ -72,6 +72,7 @@ ARCHITECTURES = tuple(TABLE)  # the model types whose roles are known without lo
 Q_NAMES, V_NAMES = {"q_proj", "query", "q", "wq"}, {"v_proj", "value", "v", "wv"}
 QKV_NAMES = {"qkv_proj", "c_attn", "query_key_value", "qkv", "wqkv", "w_pack"}
 ATTENTION_PART = re.compile(r"attn|attention", re.I)
+MIXER_PART = re.compile(r"mamba|mixer|ssm", re.I)  # a state-space layer's projections are not a feed-forward
 ATTENTION_LEAVES = Q_NAMES | V_NAMES | QKV_NAMES | {"k_proj", "o_proj", "key", "k", "wk", "wo"}
 SHORT_ROLE = {"keys_up": "keys", "keys_gate": "keys", "keys": "keys", "values": "values"}
 
@@ -217,7 +218,7 @@ def block_kinds(block, d):
                 "attention_qv" if leaf in QKV_NAMES else None
             if kind:
                 kinds[p.rel] = kind
-    ffn = [p for p in block if not is_attention(p.rel)]
+    ffn = [p for p in block if not is_attention(p.rel) and not any(MIXER_PART.search(x) for x in p.rel.split(".")[:-1])]
     back = {p.size[0] for p in ffn if p.size[1] == d and p.size[0] != d}  # widths f of f -> d layers
     firsts = [p for p in ffn if p.size[0] == d and p.size[1] != d]
     used = set()

@@ -319,6 +319,20 @@ def test_fallback_on_an_architecture_not_in_the_table():
                             "keys = mlp.c_fc (32 -> 56), values = mlp.c_proj (56 -> 32)")
 
 
+def test_fallback_leaves_state_space_mixers_out_of_the_feed_forward():
+    """A Mamba mixer's in_proj (d -> 2f) and out_proj (f -> d) are shaped like a fused gate_up key and a value;
+    they are not a feed-forward: pure Mamba has no roles, and a hybrid (Jamba) has its feed-forward's alone."""
+    mamba = meta_model("mamba", hidden_size=32)
+    with pytest.raises(UserError, match="role word keys: model_type 'mamba' has no such layer"):
+        roles.resolve(["keys"], mamba)
+    jamba = meta_model("jamba", hidden_size=32, intermediate_size=56, num_attention_heads=4, num_key_value_heads=2,
+                       attn_layer_period=2, attn_layer_offset=1, expert_layer_period=4, expert_layer_offset=3,
+                       mamba_d_state=4, use_mamba_kernels=False)
+    t = roles.resolve(["keys", "values"], jamba)
+    assert t.target_modules == ["up_proj", "gate_proj", "down_proj"]
+    assert all(".feed_forward." in path for path, _ in t.paths) and "mamba" not in t.derivation
+
+
 class Block(torch.nn.Module):
     def __init__(self, d, f, fused):
         super().__init__()
