@@ -340,12 +340,7 @@ def _disk_target(task, disk, split):
                             f"{task.name} {_role(task, split)} the {split!r} split")
         return disk, split
     if kind == "Dataset":
-        try:
-            with open(os.path.join(disk, "state.json"), encoding="utf-8") as f:
-                saved_as = json.load(f).get("_split")
-        except (OSError, ValueError, AttributeError) as e:
-            raise UserError(f"{disk}/state.json is corrupt ({type(e).__name__}: {_first_line(e)}); save the dataset "
-                            f"again with save_to_disk") from None
+        saved_as = _saved_split(disk)
         if saved_as and str(saved_as) != split:
             raise UserError(f"{disk} is one saved split ({saved_as!r}), not {split!r}: task {task.name} "
                             f"{_role(task, split)} the {split!r} split; save a DatasetDict holding it there")
@@ -358,12 +353,14 @@ def _disk_target(task, disk, split):
 
 
 def _saved_split(folder):
-    """The split name a lone saved Dataset was saved as (its state.json's _split), or None."""
+    """The split name a lone saved Dataset was saved as (its state.json's _split), or None; a UserError when
+    its state.json cannot be read."""
     try:
         with open(os.path.join(folder, "state.json"), encoding="utf-8") as f:
             return json.load(f).get("_split")
-    except (OSError, ValueError, AttributeError):
-        return None
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{folder}/state.json is corrupt ({type(e).__name__}: {_first_line(e)}); save the dataset "
+                        f"again with save_to_disk") from None
 
 
 def _empty_saved(folder):

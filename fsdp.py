@@ -1,8 +1,8 @@
 """FSDP2 for a model too big for one GPU: whether it is asked for, whether it really runs, and the adapter
 gathered from the shards. The training script asks it; accelerate (FSDP2, torch's fully_shard) does the work,
-driven by accelerate/fsdp2.yaml:
+driven by accelerate_configs/fsdp2.yaml:
 
-    accelerate launch --config_file accelerate/fsdp2.yaml --num_processes 4 llama2_classification_multi_tasks.py ...
+    accelerate launch --config_file accelerate_configs/fsdp2.yaml --num_processes 4 llama2_classification_multi_tasks.py ...
 
 LoRA is applied before sharding; no device_map; every trainable (LoRA) parameter becomes a DTensor holding this
 process's shard. Measured traps this module guards against (accelerate 1.15, transformers 5.23, peft 0.21):
@@ -58,7 +58,7 @@ def check_active(trainer, model=None):
     running = f"{str(acc.distributed_type).split('.')[-1]} over {acc.num_processes} process(es), fsdp_version {version}"
     if not (trainer.is_fsdp_enabled and acc.is_fsdp2):
         raise UserError(f"FSDP2 was asked for (ACCELERATE_USE_FSDP) but the Trainer runs {running}: use "
-                        "accelerate/fsdp2.yaml (fsdp_version: 2) with accelerate launch")
+                        "accelerate_configs/fsdp2.yaml (fsdp_version: 2) with accelerate launch")
     if model is not None:
         from torch.distributed.fsdp import FSDPModule
         from torch.distributed.tensor import DTensor

@@ -631,12 +631,12 @@ def steps_per_epoch(n_blocks, args, processes=1):
     return optimizer_steps(n_blocks, argparse.Namespace(**{**vars(args), "max_steps": -1, "epochs": 1}), processes)
 
 
-def save_experiment(trainer, tokenizer, args, out, record, adapter=None):
+def save_experiment(trainer, tokenizer, args, out, record, loss, adapter=None):
     """The original's files (adapter and tokenizer in assets/, the parameter-count file, results.pkl)
     plus results.json and experiment.json (written last: it marks the run finished), each written whole or not
-    at all. The train loss is the mean over all of the run's steps, a resumed run's included."""
+    at all. `loss` is the train loss: the mean over all of the run's steps, a resumed run's included
+    (train_loss_of)."""
     step = trainer.state.global_step
-    loss = train_loss_of(trainer.state.log_history, step)
     trainable, total = record["trainable_params"], record["total_params"]
     utils.atomic_write(os.path.join(out, f"{trainable}_total_{total}.txt"), f"{trainable}\n{total}\n{trainable / total}\n")
     tmp_assets = os.path.join(out, ".assets-tmp")
@@ -655,7 +655,6 @@ def save_experiment(trainer, tokenizer, args, out, record, adapter=None):
     utils.write_json(os.path.join(out, experiment.RECORD), {
         **record, "train_loss": loss, "global_step": step, "epochs_trained": epochs,
         "versions": utils.library_versions()})
-    return loss
 
 
 def check_saved_adapter(assets, trainable):
@@ -756,7 +755,7 @@ def main(argv=None):
             sys.exit(RESUMABLE)
         adapter = fsdp.full_adapter_state_dict(trainer.model) if trainer.is_fsdp_enabled else None  # all processes
         if state.is_main_process:
-            loss = save_experiment(trainer, tokenizer, args, out, adapter=adapter, record={
+            save_experiment(trainer, tokenizer, args, out, loss=mean, adapter=adapter, record={
                 "kind": "lora", "args": {**vars(args), "logging_steps": logging_steps}, "identity": ident,
                 "identity_suffix": identity.hashed_part(ident)[0], "base_checkpoint": ckpt,
                 "target_modules": adapted_names(res) or sorted(model.peft_config["default"].target_modules),
@@ -765,7 +764,7 @@ def main(argv=None):
                 "placement": place.what, "processes": processes, "data": sources,
                 "train_examples": {k: len(v) for k, v in per_task.items()}, "train_blocks": len(blocks),
                 "steps_per_epoch": steps_per_epoch(len(blocks), args, processes), "seconds": round(time.time() - t0, 1)})
-            print(f"train loss {loss:.4f} (mean over {trainer.state.global_step} steps); experiment saved in {out}")
+            print(f"train loss {mean:.4f} (mean over {trainer.state.global_step} steps); experiment saved in {out}")
             hub = [f"{name} from {datafiles.describe(s)}" for name, s in sources.items() if s["source"] == "hub"]
             if hub:
                 print("data downloaded from the hub: " + "; ".join(hub))
