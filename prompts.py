@@ -1,15 +1,19 @@
-"""Every task's data and prompts, behind one table (TASKS).
+"""Every task's prompts and labels, behind one table (TASKS): the ground floor the training and evaluation stand on.
 
 A task is one row of TASKS: where its rows come from, how a row becomes the template's fields, its label and
 its gold answers, the template itself (exact to the paper's code, spacing included) and its evaluation split.
 One code path turns any task's rows into training texts and inference prompts. Where the rows are looked for,
-and how a faulty file is told in one line, is datafiles.py's; cleaning them by the task's rules is here.
+and how a faulty file is told in one line, is keys_values/data.py's; cleaning them by the task's rules is here.
 
-Pure Python: no torch, no model, so the prompt tests run in milliseconds.
+Adding a task is one row in TASKS and its files (`<task>/<split>.jsonl` in the hub's schema).
+
+Pure Python: no torch, no model, nothing of the project but utils, so the prompt tests run in milliseconds.
 """
 
+import ast
 import decimal
 import difflib
+import json
 import math
 import numbers
 import random
@@ -18,8 +22,43 @@ import string
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from common import UserError
-from datafiles import RowError, describe, kind_of, needs, parsed, read_rows, reasons
+from utils import UserError
+
+
+class RowError(ValueError):
+    """A value of one row that cannot be used; clean() turns it into a UserError naming the source and row."""
+
+
+def kind_of(value):
+    """A value's JSON kind in words, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (numbers.Number, decimal.Decimal)):
+        return "a number"
+    if isinstance(value, str):
+        return "a text"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def parsed(value):
+    """A csv cell (or any text) that spells a list or an object as JSON or a Python literal, parsed; else as is."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        text = value.strip()
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            pass
+    return value
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -276,6 +315,16 @@ def _label_key(task, raw):
     return key
 
 
+def needs(task):
+    """The columns a task's rows must have, in words."""
+    return ", ".join([*task.source_columns, *([" or ".join(task.answer_columns)] if task.answer_columns else [])])
+
+
+def reasons(dropped):
+    """{reason: count} of dropped rows in words, the most frequent first: '2: label not a string'."""
+    return "; ".join(f"{n}: {why}" for why, n in sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def clean_counted(task, rows, where, lines=None):
     """(examples, dropped): an Example for each usable row, and {reason: count} of the rows the task's documented
     cleaning rules dropped: 20_Newsgroups_Fixed drops rows whose text or label is not a string ('text not a
@@ -346,18 +395,6 @@ def clean_counted(task, rows, where, lines=None):
 def clean(task, rows, where, lines=None):
     """An Example for each usable row (`clean_counted` without the counts of dropped rows)."""
     return clean_counted(task, rows, where, lines)[0]
-
-
-def load(task, data_root, split, max_samples=None):
-    """(examples, source): the cleaned Examples of a split (the first `max_samples` of them when given), and
-    where they came from with the row counts before and after cleaning ("rows", "clean", "used") and the rows
-    the cleaning rules dropped by reason ("dropped": {reason: count}, empty when none)."""
-    rows, source, lines, empty = read_rows(task, data_root, split)
-    if not rows:
-        raise UserError(f"{describe(source)}: no usable rows for task {task.name}: {empty}")
-    examples, dropped = clean_counted(task, rows, describe(source), lines)
-    used = examples[:max_samples] if max_samples else examples
-    return used, {**source, "rows": len(rows), "clean": len(examples), "used": len(used), "dropped": dropped}
 
 
 def stratified_sample(examples, fraction, seed):

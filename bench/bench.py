@@ -63,10 +63,10 @@ def part_matmul(quick, device="cpu"):
     units a bf16 product is a slow fallback: measured at 512 only, to keep the run short."""
     import torch
 
-    import utils
+    from keys_values import precision
 
-    speedup = None if device != "cpu" else utils.cpu_bf16_speedup(cache=False)
-    native = device != "cpu" or speedup >= utils.BF16_FASTER
+    speedup = None if device != "cpu" else precision.cpu_bf16_speedup(cache=False)
+    native = device != "cpu" or speedup >= precision.BF16_FASTER
     out = {"threads": torch.get_num_threads(), "bf16_native": native, "bf16_speedup": speedup}
     repeats = 3 if quick else 10
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -83,9 +83,9 @@ def linear_params(config):
     """(weights of every Linear layer, those of the output layer), counted on the meta device."""
     import torch
 
-    import utils
+    from keys_values import models
 
-    model = utils.meta_model(config)
+    model = models.meta_model(config)
     total = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     return total, model.get_output_embeddings().weight.numel()
 
@@ -95,8 +95,8 @@ def training_setup(dtype, loss_on, bnb=False, model_path=MODEL, batch=BATCH, ste
     (gradient checkpointing as the script's default unless `checkpointing` says)."""
     from transformers import set_seed
 
-    import llama2_classification_multi_tasks as train
-    import utils
+    from keys_values import config, lora, models, precision
+    from keys_values.training.plan import plan_run
 
     set_seed(42)  # as the training script does: the same LoRA initialisation in every run
     argv = ["--pretrained_ckpt", model_path, "--data_root", SAMPLE, "--tasks", *TRAIN_TASKS, "--target_modules",
@@ -104,13 +104,13 @@ def training_setup(dtype, loss_on, bnb=False, model_path=MODEL, batch=BATCH, ste
             "--gradient_accumulation_steps", "1", "--max_steps", str(steps), "--logging_steps", "1",
             "--save_steps", "100000", "--dtype", dtype, "--loss_on", loss_on, *(["--bnb"] if bnb else []),
             *([] if checkpointing is None else ["--gradient_checkpointing" if checkpointing else "--no-gradient_checkpointing"])]
-    args = train.parse_args(argv)
-    per_task, _ = train.load_training_examples(train.check_args(args), args)
-    prec = utils.precision(args.dtype, args.bnb, "train")
-    tok = utils.load_tokenizer(model_path)
-    blocks = train.training_blocks(per_task, tok, args)
-    model = train.add_lora(utils.load_base(model_path, prec, utils.this_placement()), args, prec)
-    return train, args, tok, blocks, prec, model
+    plan = plan_run(config.training_config(argv), quiet=True)
+    set_seed(42)  # after planning, as the training script does
+    tok = models.load_tokenizer(model_path)
+    blocks = plan.blocks(tok)
+    model = lora.add_lora(models.load_base(model_path, plan.precision, precision.this_placement()), plan.config,
+                          plan.precision, plan.targets)
+    return plan, tok, blocks, model
 
 
 def clocked():
@@ -135,15 +135,16 @@ def part_train(dtype, loss_on, impl, quick, bnb=False):
     impl 'previous': the model's own output layer and loss (what this project ran before the chunked loss)."""
     import torch
 
-    import utils
+    from keys_values import precision
+    from keys_values.training.trainer import fit
 
     steps = 3 if quick else STEPS
-    train, args, tok, blocks, prec, model = training_setup(dtype, loss_on, bnb, steps=steps)
-    if impl == "previous":
-        train.output_layer_in_the_loss = lambda m: (None, lambda: None)
+    plan, tok, blocks, model = training_setup(dtype, loss_on, bnb, steps=steps)
+    prec = plan.precision
     clock = clocked()
     with tempfile.TemporaryDirectory() as out:
-        train.fit(model, tok, blocks, args, out, None, prec, utils.placement(0, False), callbacks=[clock])
+        fit(model, tok, blocks, plan.config, out, None, prec, precision.placement(0, False), callbacks=[clock],
+            chunked_loss=impl == "ours")
     dt = (clock.stamps[-1] - clock.stamps[WARM - 1]) / (steps - WARM)
     cfg = model.config
     n_linear, n_head = linear_params(cfg)
@@ -164,17 +165,17 @@ def part_trl(dtype, quick):
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    import llama2_classification_multi_tasks as train
     import prompts
-    import utils
+    from keys_values import config, models, precision
+    from keys_values.training.plan import training_examples
 
     steps = 3 if quick else STEPS
-    args = train.parse_args(["--data_root", SAMPLE, "--tasks", *TRAIN_TASKS])
-    per_task, _ = train.load_training_examples(train.check_args(args), args)
+    cfg = config.training_config(["--data_root", SAMPLE, "--tasks", *TRAIN_TASKS])
+    per_task, _ = training_examples(cfg.check(), cfg, quiet=True)
     texts = [prompts.training_text(prompts.TASKS[n], e.fields, e.label) for n, es in per_task.items() for e in es]
-    prec = utils.precision(dtype, False, "train")
-    model = utils.load_base(MODEL, prec, utils.placement(0, False))
-    tok = utils.load_tokenizer(MODEL)
+    prec = precision.precision(dtype, False, "train")
+    model = models.load_base(MODEL, prec, precision.placement(0, False))
+    tok = models.load_tokenizer(MODEL)
     clock = clocked()
     with tempfile.TemporaryDirectory() as out:
         config = SFTConfig(output_dir=out, max_length=SEQ, packing=True, packing_strategy="wrapped",
@@ -195,14 +196,14 @@ def part_trl(dtype, quick):
 
 def eval_items(tok, per_task):
     import prompts
-    import utils
+    from keys_values import data, packing
 
     items = []
     for name in EVAL_TASKS:
         task = prompts.TASKS[name]
-        examples, _ = prompts.load(task, SAMPLE, task.eval_split, per_task)
+        examples, _ = data.load(task, SAMPLE, task.eval_split, per_task)
         for e in examples:
-            fields, ids = utils.fit_prompt(tok, task, e.fields, 8192 - 20)
+            fields, ids = packing.fit_prompt(tok, task, e.fields, 8192 - 20)
             items.append((task, prompts.prompt_text(task, fields), ids))
     return items
 
@@ -236,15 +237,15 @@ def rank_per_candidate(model, tok, items, batch_size=64):
 def rank_ours(model, tok, items, batch_size=64, eos=True):
     """The evaluation script's ranking over all prompts at once; eos=False scores each label without the EOS
     after it (lm-evaluation-harness's definition), for a like-with-like comparison."""
-    import llama2_classification_multi_tasks_inference as inference
     import prompts
+    from keys_values.evaluation.rank import candidates, rank_tasks
 
     jobs = {}
     for task, prompt, ids in items:
         job = jobs.setdefault(task.name, {"options": prompts.choices(task), "items": []})
-        shared, conts = inference.candidates(tok, prompt, ids, job["options"])
+        shared, conts = candidates(tok, prompt, ids, job["options"])
         job["items"].append((shared, conts if eos else [c[:-1] for c in conts]))
-    predicted = inference.rank_tasks(model, tok, jobs, argparse.Namespace(batch_size=batch_size))
+    predicted = rank_tasks(model, tok, jobs, argparse.Namespace(batch_size=batch_size))
     return [p for name in EVAL_TASKS for _, p, _ in predicted[name]]
 
 
@@ -312,12 +313,12 @@ def part_eval(quick, batch_size=64):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    import llama2_classification_multi_tasks_inference as inference
     import prompts
-    import utils
+    from keys_values import models, precision
+    from keys_values.evaluation.generate import generate, generate_task
 
-    model = utils.load_base(MODEL, utils.precision("auto", False, "generate"), utils.placement(0, False))
-    tok = utils.load_tokenizer(MODEL)
+    model = models.load_base(MODEL, precision.precision("auto", False, "generate"), precision.placement(0, False))
+    tok = models.load_tokenizer(MODEL)
     model = get_peft_model(model, LoraConfig(r=8, target_modules=MODULES, task_type="CAUSAL_LM")).eval()
     items = eval_items(tok, 10 if quick else 40)
     n = len(items)
@@ -339,11 +340,11 @@ def part_eval(quick, batch_size=64):
         for name in EVAL_TASKS:
             group = [(t, ids) for t, _, ids in items if t.name == name]
             task = group[0][0]
-            out += inference.generate_task(model, tok, task, [ids for _, ids in group], prompts.choices(task), args)
+            out += generate_task(model, tok, task, [ids for _, ids in group], prompts.choices(task), args)
         return [o[0] for o in out]
 
     res["generate_s"], batched = timed(lambda: greedy(batch_size))
-    res["one_at_a_time_s"], alone = timed(lambda: [inference.generate(model, tok, [ids], 20)[0][0] for _, _, ids in items])
+    res["one_at_a_time_s"], alone = timed(lambda: [generate(model, tok, [ids], 20)[0][0] for _, _, ids in items])
     res["generate_equal"] = same(batched, alone)
     res["rank_previous_s"], previous = timed(lambda: rank_per_candidate(model, tok, items, batch_size))
     res["rank_s"], ours = timed(lambda: rank_ours(model, tok, items, batch_size))
@@ -358,7 +359,7 @@ def part_eval(quick, batch_size=64):
         res["lm_eval_equal_label_eos"] = same(ours, harness)
     except ImportError as e:
         res["lm_eval_error"] = f"not installed ({e.name}): `make bench` installs bench/requirements.txt"
-    if torch.cuda.is_available() or utils.cpu_bf16_speedup() >= utils.BF16_FASTER:  # bf16 ranking, where bf16 is fast
+    if torch.cuda.is_available() or precision.cpu_bf16_speedup() >= precision.BF16_FASTER:  # bf16 ranking, where bf16 is fast
         res["rank_bf16_s"], ours_bf16 = timed(lambda: rank_ours(model.to(torch.bfloat16), tok, items, batch_size))
         res["rank_bf16_equal_fp32"] = same(ours_bf16, ours)
     res["peak_rss_mib"] = peak_rss_mib()
@@ -372,8 +373,9 @@ def part_gpu(quick):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    import memory
-    import utils
+    from keys_values import memory
+    from keys_values.training.dry_run import memory_plan
+    from keys_values.training.trainer import fit
 
     if not torch.cuda.is_available():
         return {"skipped": "no GPU"}
@@ -394,13 +396,12 @@ def part_gpu(quick):
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
                 try:
-                    train, args, tk, blocks, prec, model = training_setup("auto", "all", True, folder, batch,
-                                                                          3 if quick else 4, checkpointing)
+                    run, tk, blocks, model = training_setup("auto", "all", True, folder, batch, 3 if quick else 4,
+                                                            checkpointing)
                     clock = clocked()
                     with tempfile.TemporaryDirectory() as out:
-                        train.fit(model, tk, blocks, args, out, None, prec, utils.this_placement(), callbacks=[clock])
-                        res = train.resolve_targets(args, config)
-                        plan = train.plan(args, out, config, {}, blocks, prec, utils.this_placement(), True, res, {})
+                        fit(model, tk, blocks, run.config, out, None, run.precision, run.placement, callbacks=[clock])
+                        plan = memory_plan(run, blocks)
                     dt = (clock.stamps[-1] - clock.stamps[0]) / (len(clock.stamps) - 1)
                     row = {"checkpointing": checkpointing, "batch": batch, "tokens_per_second": batch * SEQ / dt,
                            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -418,7 +419,7 @@ def part_launch(quick):
     this machine's cores (local, --parallel 2: each process gets half of the cores), wall times compared."""
     import shutil
 
-    import launch
+    from keys_values import launch
 
     steps = "2" if quick else "6"
     out = {}
@@ -664,9 +665,9 @@ def targets(r):
 
 
 def utils_threshold():
-    import utils
+    from keys_values import precision
 
-    return utils.BF16_FASTER
+    return precision.BF16_FASTER
 
 
 def gpu_text(g):

@@ -8,13 +8,7 @@ layer and loss instead.
 """
 
 import argparse
-import os
-import sys
 import time
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
 
 
 def main():
@@ -29,11 +23,13 @@ def main():
     from transformers import default_data_collator
 
     from bench import training_setup
+    from keys_values.loss import OutputLayerInTheLoss
 
-    train, args, tok, blocks, prec, model = training_setup(a.dtype, a.loss_on)
+    plan, tok, blocks, model = training_setup(a.dtype, a.loss_on)
+    prec = plan.precision
     model.train()
     batch = default_data_collator(blocks[:4])
-    loss_fn, restore = train.output_layer_in_the_loss(model) if a.impl == "ours" else (None, lambda: None)
+    loss_fn = OutputLayerInTheLoss(model).__enter__() if a.impl == "ours" else None
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
 
     def step():
@@ -51,7 +47,8 @@ def main():
     t = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
-    restore()
+    if loss_fn is not None:
+        loss_fn.__exit__(None, None, None)
     print(f"one step ({prec.why}, loss on {a.loss_on}, {a.impl}): {time.perf_counter() - t:.2f} s (profiled)")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
 

@@ -12,15 +12,12 @@ random.Random(0) and cut into 2,770 rows to train on and 500 to evaluate on.
 
 import os
 import random
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import identity  # noqa: E402
-import prompts  # noqa: E402
-import utils  # noqa: E402
-from common import ArgumentParser, UserError, hub_reachable, run_main  # noqa: E402
+import prompts
+import utils
+from keys_values import data, identity
+from keys_values.environment import hub_reachable
+from utils import ArgumentParser, UserError, run_main
 
 HUB = "aps/super_glue"
 # (task, split): (rows, fingerprint) of the rows the figures in docs/real-data.md were measured on
@@ -61,7 +58,7 @@ def main(argv=None):
         for split, rows in splits(task).items():
             path = os.path.join(a.root, task, f"{split}.jsonl")
             utils.write_jsonl(path, rows)
-            examples, _ = prompts.load(prompts.TASKS[task], a.root, split)
+            examples, _ = data.load(prompts.TASKS[task], a.root, split)
             got = (len(rows), identity.data_fingerprint({task: examples}))
             expected = EXPECTED[(task, split)]
             verdict = "the same" if got == expected else f"DIFFERENT (expected {expected[0]} rows, {expected[1]})"

@@ -18,7 +18,6 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, HERE)
 
 
 def main():
@@ -34,14 +33,16 @@ def main():
         sys.exit(1)
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
-    import llama2_classification_multi_tasks as train
-    import llama2_classification_multi_tasks_inference as inference
-    import memory
     import prompts
-    import utils
+    from keys_values import config as flags
+    from keys_values import data, lora, memory, models
+    from keys_values.evaluation.generate import generate, generate_task
+    from keys_values.training.dry_run import memory_plan
+    from keys_values.training.plan import plan_run
+    from keys_values.training.trainer import fit
 
     t0 = time.time()
-    tok = AutoTokenizer.from_pretrained(os.path.join(HERE, utils.EMBEDDED_MODEL))
+    tok = AutoTokenizer.from_pretrained(os.path.join(HERE, flags.EMBEDDED_MODEL))
     config = LlamaConfig(**{**memory.LLAMA2_7B, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id,
                             "pad_token_id": tok.pad_token_id, "torch_dtype": "float16"})
     rows = []
@@ -60,18 +61,12 @@ def main():
                 "boolq", "COPA", "CB", "RTE", "--data_root", os.path.join(HERE, "sample_data"), "--epochs", "100",
                 "--max_steps", str(a.steps + 1), "--per_device_train_batch_size", str(a.batch),
                 "--gradient_accumulation_steps", "1", "--save_steps", "100000"]
-        args = train.parse_args(argv)
-        tasks = train.check_args(args)
-        per_task, sources = train.load_training_examples(tasks, args)
-        cfg = utils.load_config(folder)
-        res = train.resolve_targets(args, cfg)
-        prec = utils.precision(args.dtype, True, "train")
-        place = utils.this_placement()
-        blocks = train.training_blocks(per_task, tok, args)
-        ident = train.run_identity(args, res, prec, 1, per_task)
-        plan = train.plan(args, "(gpu check)", cfg, sources, blocks, prec, place, True, res, ident)
+        run = plan_run(flags.training_config(argv))
+        args, prec, place = run.config, run.precision, run.placement
+        blocks = run.blocks(tok)
+        plan = memory_plan(run, blocks)
         torch.cuda.reset_peak_memory_stats()
-        model = train.add_lora(utils.load_base(folder, prec, place), args, prec, res)
+        model = lora.add_lora(models.load_base(folder, prec, place), args, prec, run.targets)
 
         class Clock(TrainerCallback):
             stamps = []
@@ -82,7 +77,7 @@ def main():
 
         clock = Clock()
         with tempfile.TemporaryDirectory() as out:
-            train.fit(model, tok, blocks, args, out, None, prec, place, callbacks=[clock])
+            fit(model, tok, blocks, args, out, None, prec, place, callbacks=[clock])
         per_step = (clock.stamps[-1] - clock.stamps[0]) / (len(clock.stamps) - 1)
         peak = torch.cuda.max_memory_allocated()
         est = plan["memory_estimate_bytes"]["total"]
@@ -96,15 +91,15 @@ def main():
         # 2. batched greedy against one at a time, 4-bit
         model.eval()
         task = prompts.TASKS["boolq"]
-        examples, _ = prompts.load(task, os.path.join(HERE, "sample_data"), task.eval_split)
+        examples, _ = data.load(task, os.path.join(HERE, "sample_data"), task.eval_split)
         examples = (examples * (a.prompts // len(examples) + 1))[: a.prompts]
         ids = [tok(prompts.prompt_text(task, e.fields))["input_ids"] for e in examples]
         t = time.perf_counter()
-        batched = inference.generate_task(model, tok, task, ids, prompts.choices(task), argparse.Namespace(
+        batched = generate_task(model, tok, task, ids, prompts.choices(task), argparse.Namespace(
             batch_size=64, max_new_tokens=20))
         t_batched = time.perf_counter() - t
         t = time.perf_counter()
-        alone = [inference.generate(model, tok, [i], 20)[0] for i in ids]
+        alone = [generate(model, tok, [i], 20)[0] for i in ids]
         t_alone = time.perf_counter() - t
         equal = sum(b is not None and b[0] == x[0] for b, x in zip(batched, alone))
         rows.append((f"evaluation: batched greedy equal to one at a time (4-bit, {len(ids)} prompts)",

@@ -14,24 +14,22 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from keys_values import config, memory
 
-import memory  # noqa: E402
-import utils  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SETTINGS = [["q_proj", "v_proj"], ["q_proj", "v_proj", "up_proj"], ["q_proj", "v_proj", "gate_proj"],
             ["q_proj", "v_proj", "down_proj"]]
 TASKS = ["20_Newsgroups_Fixed", "boolq", "COPA", "CB", "race_high", "QNLI"]
 
 
-def config_folder(parent, name, config):
+def config_folder(parent, name, model_config):
     """A model folder with only a config.json (written by hand) and the embedded model's tokenizer."""
     folder = os.path.join(parent, name)
     os.makedirs(folder)
     with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(config, f)
-    model = os.path.join(ROOT, utils.EMBEDDED_MODEL)
+        json.dump(model_config, f)
+    model = os.path.join(ROOT, config.EMBEDDED_MODEL)
     for n in os.listdir(model):
         if n.startswith(("tokenizer", "special_tokens")):
             shutil.copy(os.path.join(model, n), folder)

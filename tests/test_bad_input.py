@@ -10,8 +10,10 @@ import pytest
 import llama2_classification_multi_tasks as train
 import llama2_classification_multi_tasks_inference as inference
 import study
-from common import run_main
 from conftest import MODEL, ROOT, SAMPLE
+from keys_values import models
+from utils import run_main
+
 CB_ROW = {"premise": "p", "hypothesis": "h", "label": 0}
 
 
@@ -137,7 +139,7 @@ def test_an_output_root_the_system_refuses_is_one_line_before_any_model_loads(sc
     the cause, exit 2, and nothing loads a model."""
     import errno
 
-    import utils
+
 
     refused = str(tmp_path / "readonly")
     os.makedirs(refused)
@@ -149,7 +151,7 @@ def test_an_output_root_the_system_refuses_is_one_line_before_any_model_loads(sc
         return real_mkdir(path, *a, **k)
 
     monkeypatch.setattr(os, "mkdir", mkdir)
-    monkeypatch.setattr(utils, "load_base", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(models, "load_base", lambda *a, **k: pytest.fail("a model was loaded"))
     monkeypatch.chdir(tmp_path)
     args = ["--pretrained_ckpt", MODEL, "--data_root", SAMPLE, "--tasks", "CB", "--output_root", refused + "/runs"]
     args += ["--max_test_samples", "4"] if script is inference else []

@@ -7,12 +7,11 @@ import re
 import pytest
 
 import get_eval_tasks
-import llama2_classification_multi_tasks as train
-import llama2_classification_multi_tasks_inference as inference
 import study
-from common import UserError
+from keys_values import config
+from utils import UserError
 
-PARSERS = {"training": train.build_parser, "evaluation": inference.build_parser, "study": study.build_parser,
+PARSERS = {"training": config.training_parser, "evaluation": config.evaluation_parser, "study": study.build_parser,
            "report": get_eval_tasks.build_parser}
 
 
@@ -36,11 +35,11 @@ def test_study_help_shows_its_defaults_and_the_papers_command(capsys):
 
 
 def test_the_originals_shortened_flags_are_accepted():
-    args = train.parse_args(["--epoch", "3", "--task", "boolq", "CB", "--lora_r", "4", "--target", "q_proj"])
+    args = config.training_config(["--epoch", "3", "--task", "boolq", "CB", "--lora_r", "4", "--target", "q_proj"])
     assert (args.epochs, args.tasks, args.lora_r, args.target_modules) == (3, ["boolq", "CB"], 4, ["q_proj"])
-    assert inference.parse_args(["--experiment", "x", "--task", "CB"]).experiment_dir == "x"
+    assert config.evaluation_config(["--experiment", "x", "--task", "CB"]).experiment_dir == "x"
     with pytest.raises(UserError, match=r"ambiguous option: --t could match --train_sample_fraction, --target_modules, --tasks"):
-        train.parse_args(["--t", "CB"])
+        config.training_config(["--t", "CB"])
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -51,4 +50,4 @@ def test_the_originals_shortened_flags_are_accepted():
 ])
 def test_mistyped_values_say_what_to_type(argv, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        train.check_args(train.parse_args(argv))
+        config.training_config(argv).check()

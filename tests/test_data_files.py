@@ -11,10 +11,10 @@ import os
 
 import pytest
 
-import datafiles
 import prompts
-from common import UserError
+from keys_values import data
 from prompts import TASKS
+from utils import UserError
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -307,7 +307,7 @@ def test_bad_file_is_one_line_naming_file_place_and_cause(name, task, rel, conte
         put(root, rel, content)
     before = snapshot(tmp_path)
     with pytest.raises(UserError) as e:
-        prompts.load(TASKS[task], root, split)
+        data.load(TASKS[task], root, split)
     msg = str(e.value)
     assert "\n" not in msg and "Traceback" not in msg
     for text in expected:
@@ -356,7 +356,7 @@ def test_good_variants_load_with_the_right_labels(name, task, rel, content, labe
         content(os.path.join(root, rel))
     else:
         put(root, rel, content)
-    examples, source = prompts.load(TASKS[task], root, "train")
+    examples, source = data.load(TASKS[task], root, "train")
     assert [e.label for e in examples] == labels
     assert all("\ufeff" not in k for e in examples for k in e.fields)
     if field:
@@ -366,7 +366,7 @@ def test_good_variants_load_with_the_right_labels(name, task, rel, content, labe
 
 def test_a_number_where_a_text_belongs_is_its_text(tmp_path):
     put(str(tmp_path), "CB/train.jsonl", jsonl([{**CB_ROWS[0], "premise": 1984, "hypothesis": 2.5}]))
-    examples, _ = prompts.load(TASKS["CB"], str(tmp_path), "train")
+    examples, _ = data.load(TASKS["CB"], str(tmp_path), "train")
     assert examples[0].fields == {"premise": "1984", "hypothesis": "2.5"}
 
 
@@ -378,8 +378,8 @@ def test_a_data_path_that_is_not_a_file_says_what_it_is(make, said, tmp_path):
     path = str(tmp_path / "CB" / "train.jsonl")
     os.makedirs(os.path.dirname(path))
     make(path)
-    for call in (lambda: prompts.load(TASKS["CB"], str(tmp_path), "train"),
-                 lambda: (_ for _ in ()).throw(UserError(datafiles.source_problem(TASKS["CB"], str(tmp_path), "train")))):
+    for call in (lambda: data.load(TASKS["CB"], str(tmp_path), "train"),
+                 lambda: (_ for _ in ()).throw(UserError(data.source_problem(TASKS["CB"], str(tmp_path), "train")))):
         with pytest.raises(UserError) as e:
             call()
         assert str(e.value).startswith(f"{path} {said}") and "\n" not in str(e.value)
@@ -391,12 +391,12 @@ def test_a_dataset_saved_without_a_split_name_says_it_serves_every_split(tmp_pat
     folder = str(tmp_path / "disk_datasets" / "super_glue" / "cb")
     datasets.Dataset.from_list(CB_ROWS).save_to_disk(folder)
     for split in ("train", "validation"):
-        examples, source = prompts.load(TASKS["CB"], str(tmp_path), split)
-        assert len(examples) == 6 and "the same rows serve training and evaluation" in datafiles.describe(source)
+        examples, source = data.load(TASKS["CB"], str(tmp_path), split)
+        assert len(examples) == 6 and "the same rows serve training and evaluation" in data.describe(source)
     named = str(tmp_path / "named" / "disk_datasets" / "super_glue" / "cb")
     datasets.Dataset.from_list(CB_ROWS, split="train").save_to_disk(named)
-    _, source = prompts.load(TASKS["CB"], str(tmp_path / "named"), "train")
-    assert "same rows" not in datafiles.describe(source)
+    _, source = data.load(TASKS["CB"], str(tmp_path / "named"), "train")
+    assert "same rows" not in data.describe(source)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -419,11 +419,11 @@ DROPS = [
 def test_dropped_rows_are_counted_by_reason(task, rows, labels, dropped, tmp_path):
     split = TASKS[task].eval_split
     put(str(tmp_path), f"{task}/{split}.jsonl", jsonl(rows))
-    examples, source = prompts.load(TASKS[task], str(tmp_path), split)
+    examples, source = data.load(TASKS[task], str(tmp_path), split)
     assert [e.label for e in examples] == labels
     assert source["dropped"] == dropped and source["rows"] == len(rows) and source["clean"] == len(labels)
-    text = datafiles.describe(source, dropped=True)
-    assert text.startswith(datafiles.describe(source)) and f"{len(rows) - len(labels)} of {len(rows)} rows dropped" in text
+    text = data.describe(source, dropped=True)
+    assert text.startswith(data.describe(source)) and f"{len(rows) - len(labels)} of {len(rows)} rows dropped" in text
     for reason, n in dropped.items():
         assert f"{n}: {reason}" in text
 
@@ -432,7 +432,7 @@ def test_all_rows_dropped_says_how_many_and_why(tmp_path):
     path = put(str(tmp_path), f"{NG}/train.jsonl", jsonl([{"text": "t", "label": i} for i in range(4)]
                                                         + [{"text": None, "label": "x"}] * 2))
     with pytest.raises(UserError) as e:
-        prompts.load(TASKS[NG], str(tmp_path), "train")
+        data.load(TASKS[NG], str(tmp_path), "train")
     assert str(e.value) == f"{path}: all 6 rows dropped for task {NG} (4: label not a string; 2: text not a string)"
     with pytest.raises(UserError, match=r"^t\.jsonl: all 2 rows dropped for task squad_v2 \(2: no answer"):
         prompts.clean(TASKS["squad_v2"], [{"context": "c", "question": "q", "answers": []}] * 2, "t.jsonl")
@@ -442,8 +442,8 @@ def test_all_rows_dropped_says_how_many_and_why(tmp_path):
 
 def test_nothing_dropped_shows_nothing(tmp_path):
     put(str(tmp_path), "CB/train.jsonl", jsonl(CB_ROWS))
-    _, source = prompts.load(TASKS["CB"], str(tmp_path), "train")
-    assert source["dropped"] == {} and datafiles.describe(source, dropped=True) == datafiles.describe(source)
+    _, source = data.load(TASKS["CB"], str(tmp_path), "train")
+    assert source["dropped"] == {} and data.describe(source, dropped=True) == data.describe(source)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -460,13 +460,13 @@ def original_root(tmp_path, monkeypatch):
     work, absolute = tmp_path / "work", tmp_path / "abs"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setattr(datafiles, "ORIGINAL_DISK_ROOT", str(absolute))
-    monkeypatch.setattr(datafiles, "hub_reachable", lambda: False)
+    monkeypatch.setattr(data, "ORIGINAL_DISK_ROOT", str(absolute))
+    monkeypatch.setattr(data, "hub_reachable", lambda: False)
     return work, absolute
 
 
 def premise_of(data_root, split="train"):
-    rows, source = datafiles.load_rows(TASKS["CB"], data_root, split)
+    rows, source = data.load_rows(TASKS["CB"], data_root, split)
     return rows[0]["premise"], source
 
 
@@ -497,14 +497,14 @@ def test_a_given_root_never_reads_the_absolute_folder(original_root):
 def test_no_data_names_every_place_in_search_order(original_root):
     work, absolute = original_root
     with pytest.raises(UserError) as e:
-        prompts.load(TASKS["CB"], "", "validation")
+        data.load(TASKS["CB"], "", "validation")
     msg = str(e.value)
     places = ["disk_datasets/super_glue/cb (no such folder)", f"{absolute}/super_glue/cb (no such folder)",
               "CB/validation.{jsonl,json,csv,parquet} (no such file)", "hub aps/super_glue (offline or unreachable)"]
     assert "\n" not in msg and all(p in msg for p in places)
     assert [msg.index(p) for p in places] == sorted(msg.index(p) for p in places)
     with pytest.raises(UserError) as e:
-        prompts.load(TASKS["CB"], "data", "validation")
+        data.load(TASKS["CB"], "data", "validation")
     assert str(absolute) not in str(e.value) and "data/disk_datasets/super_glue/cb (no such folder)" in str(e.value)
 
 
@@ -532,29 +532,29 @@ SPLITS = [
 
 @pytest.mark.parametrize("task,split,files,expected", SPLITS, ids=[f"{s[0]}-{s[2][0]}" for s in SPLITS])
 def test_a_misnamed_split_file_is_named_with_the_expected_one(task, split, files, expected, tmp_path, monkeypatch):
-    monkeypatch.setattr(datafiles, "hub_reachable", lambda: True)  # local data stops the search before the hub
+    monkeypatch.setattr(data, "hub_reachable", lambda: True)  # local data stops the search before the hub
     root = str(tmp_path / "data")
     for rel in files:
         put(root, rel, jsonl(CB_ROWS))
     with pytest.raises(UserError) as e:
-        prompts.load(TASKS[task], root, split)
+        data.load(TASKS[task], root, split)
     msg = str(e.value)
     assert "\n" not in msg
     for text in expected:
         assert text.replace("{root}", root) in msg
-    assert datafiles.find_source(TASKS[task], root, split) is None
-    assert datafiles.source_problem(TASKS[task], root, split) == msg
+    assert data.find_source(TASKS[task], root, split) is None
+    assert data.source_problem(TASKS[task], root, split) == msg
 
 
 def test_the_task_folder_real_other_splits_and_a_wrong_case_folder_are_noted(tmp_path, monkeypatch):
-    monkeypatch.setattr(datafiles, "hub_reachable", lambda: False)
+    monkeypatch.setattr(data, "hub_reachable", lambda: False)
     put(str(tmp_path), "CB/train.jsonl", jsonl(CB_ROWS))
     with pytest.raises(UserError, match=r"CB/validation\.\{jsonl,json,csv,parquet\} \(no such file; CB/ holds "
                                         r"train\.jsonl\); hub aps/super_glue"):
-        prompts.load(TASKS["CB"], str(tmp_path), "validation")
+        data.load(TASKS["CB"], str(tmp_path), "validation")
     put(str(tmp_path), "rte/validation.jsonl", jsonl(CB_ROWS))
     with pytest.raises(UserError, match=r"found rte/: the folder must be named RTE"):
-        prompts.load(TASKS["RTE"], str(tmp_path), "validation")
+        data.load(TASKS["RTE"], str(tmp_path), "validation")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -562,25 +562,25 @@ def test_the_task_folder_real_other_splits_and_a_wrong_case_folder_are_noted(tmp
 
 
 def test_find_source_locates_without_reading(tmp_path, monkeypatch):
-    monkeypatch.setattr(datafiles, "hub_reachable", lambda: False)
+    monkeypatch.setattr(data, "hub_reachable", lambda: False)
     root, cb = str(tmp_path / "data"), TASKS["CB"]
-    assert datafiles.find_source(cb, root, "validation") is None
-    assert datafiles.source_problem(cb, root, "validation").startswith("no data for task 'CB' split 'validation'")
-    assert datafiles.expected_files(cb, root, "validation") == \
+    assert data.find_source(cb, root, "validation") is None
+    assert data.source_problem(cb, root, "validation").startswith("no data for task 'CB' split 'validation'")
+    assert data.expected_files(cb, root, "validation") == \
         f"{root}/disk_datasets/super_glue/cb and {root}/CB/validation.{{jsonl,json,csv,parquet}}"
-    monkeypatch.setattr(datafiles, "ORIGINAL_DISK_ROOT", "/nowhere")
-    assert datafiles.expected_files(cb, "", "validation") == \
+    monkeypatch.setattr(data, "ORIGINAL_DISK_ROOT", "/nowhere")
+    assert data.expected_files(cb, "", "validation") == \
         "disk_datasets/super_glue/cb, /nowhere/super_glue/cb and CB/validation.{jsonl,json,csv,parquet}"
 
     path = put(root, "CB/validation.jsonl", '{"not even": json')  # found, not read
-    assert datafiles.find_source(cb, root, "validation") == path and datafiles.source_problem(cb, root, "validation") is None
+    assert data.find_source(cb, root, "validation") == path and data.source_problem(cb, root, "validation") is None
     saved({"train": CB_ROWS})(os.path.join(root, DISK))
-    assert datafiles.find_source(cb, root, "train") == f"{root}/{DISK} [train]"
-    assert datafiles.find_source(cb, root, "validation") is None  # the DatasetDict lacks it: loading would fail
-    assert "has no split 'validation'" in datafiles.source_problem(cb, root, "validation")
+    assert data.find_source(cb, root, "train") == f"{root}/{DISK} [train]"
+    assert data.find_source(cb, root, "validation") is None  # the DatasetDict lacks it: loading would fail
+    assert "has no split 'validation'" in data.source_problem(cb, root, "validation")
 
-    monkeypatch.setattr(datafiles, "hub_reachable", lambda: True)
-    assert datafiles.find_source(TASKS["boolq"], root, "validation") == "hub aps/super_glue (boolq) [validation]"
+    monkeypatch.setattr(data, "hub_reachable", lambda: True)
+    assert data.find_source(TASKS["boolq"], root, "validation") == "hub aps/super_glue (boolq) [validation]"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -613,5 +613,5 @@ def test_label_rules_in_one_table():
         assert prompts._label_key(cb, raw) == key
     assert prompts._label_key(boolq, True) == 1 and prompts._label_key(boolq, " FALSE ") == 0
     for raw in [1.5, "yes", [1], {"a": 1}, None, math.nan, True, "", "1.5", 3, -1]:
-        with pytest.raises(datafiles.RowError):
+        with pytest.raises(prompts.RowError):
             prompts._label_key(cb, raw)

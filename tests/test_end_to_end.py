@@ -11,8 +11,22 @@ import time
 
 import pytest
 
-import utils
-from conftest import EVAL, MODEL, ROOT, SAMPLE, STUDY, TRAIN, free_port, linked_copy, metrics, only_dir, predictions, run
+from conftest import (
+    EVAL,
+    MODEL,
+    ROOT,
+    SAMPLE,
+    STUDY,
+    TRAIN,
+    free_port,
+    linked_copy,
+    metrics,
+    only_dir,
+    predictions,
+    run,
+)
+from keys_values import data, models, precision
+from keys_values.experiment import layout
 
 pytestmark = pytest.mark.slow
 SMALL = ["--pretrained_ckpt", MODEL, "--data_root", SAMPLE, "--epochs", "1", "--per_device_train_batch_size", "2",
@@ -146,11 +160,11 @@ def test_rank_scoring_agrees_with_greedy_and_greedy_matches_one_at_a_time(traine
     assert agree / total >= 0.9
 
     # slow reference: one example at a time, plain greedy argmax loop, no padding
-    model = utils.load_base(MODEL, utils.precision("fp32", False, "generate"), utils.placement(0, False))
-    tok = utils.load_tokenizer(MODEL)
+    model = models.load_base(MODEL, precision.precision("fp32", False, "generate"), precision.placement(0, False))
+    tok = models.load_tokenizer(MODEL)
     model = PeftModel.from_pretrained(model, os.path.join(trained, "assets")).eval()
     task = prompts.TASKS["COPA"]
-    examples, _ = prompts.load(task, SAMPLE, task.eval_split)
+    examples, _ = data.load(task, SAMPLE, task.eval_split)
     for e, row in zip(examples, greedy["COPA"]):
         ids = torch.tensor([tok(prompts.prompt_text(task, e.fields))["input_ids"]])
         new = []
@@ -188,7 +202,7 @@ def test_a_folder_written_by_the_original_is_evaluated_and_aggregated(trained, t
     for folder in (str(LEARN_TASKS), ",".join(LEARN_TASKS)):
         [(name, per_task)] = results[folder].items()
         assert set(per_task) == set(LEARN_TASKS), (folder, name)
-    assert results[str(LEARN_TASKS)][get_eval_tasks.short_name(original.name)]["COPA"]["accuracy"] == \
+    assert results[str(LEARN_TASKS)][layout.short_name(original.name)]["COPA"]["accuracy"] == \
         metrics(trained, "COPA")["accuracy"]  # the same adapter, the same data: the same accuracy
 
 

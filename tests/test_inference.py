@@ -7,17 +7,20 @@ import os
 import pytest
 import torch
 
-import llama2_classification_multi_tasks_inference as inference
 import prompts
 import utils
 from conftest import MODEL, small_llama
+from keys_values import config, data, models, precision
+from keys_values.evaluation import generate, rank, score
+from keys_values.evaluation.plan import EvaluationPlan, metrics_folder, resolve_run
+from keys_values.experiment import layout
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     folder = small_llama(tmp_path_factory.mktemp("m"), layers=2)
-    model = utils.load_base(folder, utils.precision("fp32", False, "rank"), utils.placement(0, False)).eval()
-    return model, utils.load_tokenizer(folder)
+    model = models.load_base(folder, precision.precision("fp32", False, "rank"), precision.placement(0, False)).eval()
+    return model, models.load_tokenizer(folder)
 
 
 def alone(model, shared, cont):
@@ -34,26 +37,26 @@ def test_rank_with_a_shared_prefix_equals_scoring_each_candidate_alone(small):
     options = prompts.choices(task)
     fields = [{"premise": "Anna confirmed that the bridge is old" + " really" * k, "hypothesis": "It is old."}
               for k in range(5)]
-    items = [inference.candidates(tok, prompts.prompt_text(task, f), tok(prompts.prompt_text(task, f))["input_ids"],
+    items = [rank.candidates(tok, prompts.prompt_text(task, f), tok(prompts.prompt_text(task, f))["input_ids"],
                                   options) for f in fields]
     assert all(len(conts) == 3 and len({len(c) for c in conts}) > 1 for _, conts in items)  # uneven candidates
-    scores = inference.rank(model, items, tok.pad_token_id)  # one batch: prompts of five lengths, padded
+    scores = rank.rank(model, items, tok.pad_token_id)  # one batch: prompts of five lengths, padded
     for (shared, conts), s in zip(items, scores):
         expected = [alone(model, shared, c) for c in conts]
         assert s == pytest.approx(expected, abs=1e-4)
 
 
 def test_candidates_are_the_tokens_of_prompt_and_label_together():
-    tok = utils.load_tokenizer(MODEL)
+    tok = models.load_tokenizer(MODEL)
     prompt = "### Sentence:I like rockets ### Class:"
     ids = tok(prompt)["input_ids"]
-    shared, conts = inference.candidates(tok, prompt, ids, ["sci.space", "rec.autos"])
+    shared, conts = rank.candidates(tok, prompt, ids, ["sci.space", "rec.autos"])
     for label, cont in zip(["sci.space", "rec.autos"], conts):
         assert shared + cont == tok(prompt + label)["input_ids"] + [tok.eos_token_id]
     assert shared == ids  # this tokenizer splits at the colon: the whole prompt is shared
     prompt = "### Word:the"  # 'the' + 'ir' is one token 'their': the shared prefix stops before 'the'
     ids = tok(prompt)["input_ids"]
-    shared, conts = inference.candidates(tok, prompt, ids, ["ir", "re"])
+    shared, conts = rank.candidates(tok, prompt, ids, ["ir", "re"])
     for label, cont in zip(["ir", "re"], conts):
         assert shared + cont == tok(prompt + label)["input_ids"] + [tok.eos_token_id]
     assert shared == ids[:-1]
@@ -62,17 +65,17 @@ def test_candidates_are_the_tokens_of_prompt_and_label_together():
 def test_ranked_tasks_share_batches(small, monkeypatch):
     model, tok = small
     seen = []
-    real = inference.rank
-    monkeypatch.setattr(inference, "rank", lambda m, items, pad: seen.append(len(items)) or real(m, items, pad))
+    real = rank.rank
+    monkeypatch.setattr(rank, "rank", lambda m, items, pad: seen.append(len(items)) or real(m, items, pad))
     jobs = {}
     for name in ("CB", "RTE"):
         task = prompts.TASKS[name]
         options = prompts.choices(task)
         fields = [{"premise": f"P {i}.", "hypothesis": "H."} for i in range(5)]
         jobs[name] = {"options": options, "items": [
-            inference.candidates(tok, prompts.prompt_text(task, f), tok(prompts.prompt_text(task, f))["input_ids"],
+            rank.candidates(tok, prompts.prompt_text(task, f), tok(prompts.prompt_text(task, f))["input_ids"],
                                  options) for f in fields]}
-    out = inference.rank_tasks(model, tok, jobs, argparse.Namespace(batch_size=64))
+    out = rank.rank_tasks(model, tok, jobs, argparse.Namespace(batch_size=64))
     assert seen == [10]  # both tasks' prompts in one batch
     assert [len(out[n]) for n in jobs] == [5, 5] and all(p in jobs["CB"]["options"] for _, p, _ in out["CB"])
 
@@ -96,11 +99,11 @@ class OutOfMemoryAbove:
 
 @pytest.mark.timeout(60)  # a batch that never shrinks would retry forever
 def test_out_of_memory_halves_the_batch_and_books_what_fails_alone():
-    tok = utils.load_tokenizer(MODEL)
+    tok = models.load_tokenizer(MODEL)
     prompt_ids = [[5] * n for n in range(3, 13)]  # 10 prompts of 3..12 tokens
     model = OutOfMemoryAbove(tok, limit=3, fails_alone=7)
     args = argparse.Namespace(batch_size=8, max_new_tokens=4)
-    out = inference.generate_task(model, tok, prompts.TASKS["boolq"], prompt_ids, ["true", "false"], args)
+    out = generate.generate_task(model, tok, prompts.TASKS["boolq"], prompt_ids, ["true", "false"], args)
     assert model.batches[:3] == [8, 4, 2]  # halved until it fits, then kept at that size
     assert max(model.batches[3:]) <= 2
     assert [o is None for o in out] == [n == 7 for n in range(3, 13)]  # only the prompt that fails alone is lost
@@ -110,31 +113,34 @@ def test_out_of_memory_halves_the_batch_and_books_what_fails_alone():
 def test_metrics_made_with_other_settings_are_redone(tmp_path, capsys):
     """A task's metrics are reused only for the same evaluation identity: scoring, generation length, rows,
     examples (their fingerprint), prompt budget and precision."""
-    import identity
+    from keys_values import identity
 
     task = prompts.TASKS["CB"]
     out = str(tmp_path / "base")
-    args = argparse.Namespace(overwrite=False)
     ident = identity.evaluation("generate", 1000, 20, 8172, False, "fp32", "abc")
-    assert inference.pending(out, "metrics", [task], args, {"CB": ident}) == [task]
-    utils.write_json(utils.metrics_path(out, "CB"), {"accuracy": 0.5, "identity": ident})
-    assert inference.pending(out, "metrics", [task], args, {"CB": ident}) == []
+
+    def pending(ids, folder="metrics", overwrite=False):
+        return EvaluationPlan(config.EvaluationConfig(overwrite=overwrite), {}, out, None, [task], {}, MODEL, None,
+                              8172, folder, {"CB": ids}).pending()
+
+    assert pending(ident) == [task]
+    utils.write_json(layout.metrics_path(out, "CB"), {"accuracy": 0.5, "identity": ident})
+    assert pending(ident) == []
     assert "CB: metrics exist" in capsys.readouterr().out
     for change in ({"scoring": "rank"}, {"max_new_tokens": 5}, {"data": "other"}, {"max_test_samples": 10},
                    {"prompt_budget": 64}, {"dtype": "bf16"}, {"bnb": True}):
-        assert inference.pending(out, "metrics", [task], args, {"CB": {**ident, **change}}) == [task], change
-    assert inference.pending(out, "metrics", [task], argparse.Namespace(overwrite=True), {"CB": ident}) == [task]
-    assert inference.pending(out, "metrics-rank", [task], args, {"CB": ident}) == [task]  # another folder: its own
-    assert os.path.isfile(utils.metrics_path(out, "CB"))
+        assert pending({**ident, **change}) == [task], change
+    assert pending(ident, overwrite=True) == [task]
+    assert pending(ident, "metrics-rank") == [task]  # another folder: its own
+    assert os.path.isfile(layout.metrics_path(out, "CB"))
 
 
 def test_each_evaluation_has_its_own_metrics_folder():
     """Metrics of different evaluation settings live side by side: the default in metrics/, others beside it."""
     def folder(*argv):
-        args = inference.parse_args(["--pretrained_ckpt", MODEL, "--tasks", "CB", *argv])
-        inference.resolve_run(args)
-        inference.check_args(args)
-        return inference.metrics_folder(args)
+        cfg, given, _, _ = resolve_run(config.evaluation_config(["--pretrained_ckpt", MODEL, "--tasks", "CB", *argv]))
+        cfg.check()
+        return metrics_folder(cfg, given)
 
     assert folder() == "metrics"
     assert folder("--scoring", "rank") == "metrics-rank"
@@ -155,21 +161,20 @@ def test_accuracy_strict_is_the_originals_exact_match_on_its_slice():
     predicted = {0: ("true", "true", prompt + "true"), 1: (" true", "true", prompt + " true"),
                  2: ("true.", "true", prompt + "true.")}
     args = argparse.Namespace(scoring="generate", max_test_samples=3, max_new_tokens=20, data_root="d")
-    prec = utils.precision("fp32", False, "generate")
-    m, rows = inference.score(task, examples, {}, [prompt] * 3, [[1]] * 3, predicted, ["true", "false"], args, prec,
+    prec = precision.precision("fp32", False, "generate")
+    m, rows = score.score(task, examples, {}, [prompt] * 3, [[1]] * 3, predicted, ["true", "false"], args, prec,
                               0.0, {}, {})
     assert m["accuracy"] == 1.0 and m["accuracy_strict"] == pytest.approx(1 / 3)
     assert [r["prediction"] for r in rows] == ["true"] * 3 and rows[1]["generation"] == " true"
 
 
 def test_a_hub_download_is_said_again_at_the_end(monkeypatch, capsys, tmp_path):
-    import datafiles
 
-    utils.write_json(utils.metrics_path(str(tmp_path / "x"), "CB"), {"accuracy": 0.5, "accuracy_ci95": [0.1, 0.9],
+    utils.write_json(layout.metrics_path(str(tmp_path / "x"), "CB"), {"accuracy": 0.5, "accuracy_ci95": [0.1, 0.9],
                                                                     "majority_baseline": 0.5, "invalid_rate": 0.0,
                                                                     "n": 4, "scoring": "rank"})
     source = {"source": "hub", "hub_id": "aps/super_glue", "config": "cb", "split": "validation"}
-    inference.report(str(tmp_path / "x"), "metrics", [prompts.TASKS["CB"]], {"CB": ([], source)})
+    score.report(str(tmp_path / "x"), "metrics", [prompts.TASKS["CB"]], {"CB": ([], source)})
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[-2] == f"data downloaded from the hub: CB from {datafiles.describe(source)}"
+    assert out[-2] == f"data downloaded from the hub: CB from {data.describe(source)}"
     assert out[-1].startswith("1 task; metrics in") and "50.0" in out[-3]  # percentages, one task

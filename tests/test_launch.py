@@ -10,8 +10,8 @@ import pytest
 import submitit
 from submitit.slurm.slurm import SlurmInfoWatcher
 
-import launch
-from launch import Outcome, Run, SlurmOptions
+from keys_values import environment, launch
+from keys_values.launch import Outcome, Run, SlurmOptions
 
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slurm_standin")
 CORES = len(os.sched_getaffinity(0))
@@ -38,6 +38,7 @@ with open(out, "w") as f:
 # on its second start it finishes
 RESUMABLE = """
 import os, signal, sys, time
+from keys_values import environment
 starts, ready, checkpoint = sys.argv[1:4]
 with open(starts, "a") as f:
     f.write("start\\n")
@@ -88,9 +89,9 @@ def test_local_runs_go_at_once_each_with_its_share_of_the_cores_or_its_gpus(tmp_
 
 def test_visible_gpus_reads_cuda_visible_devices_as_cuda_does(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,-1,7")
-    assert launch.visible_gpus() == ["3", "5"]
+    assert environment.visible_gpus() == ["3", "5"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert launch.visible_gpus() == []
+    assert environment.visible_gpus() == []
 
 
 @pytest.mark.parametrize("launcher", ["serial", "local"])
@@ -122,7 +123,7 @@ def slurm(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_STANDIN_DIR", str(tmp_path / "slurm"))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.chdir(tmp_path)  # the tasks run where sbatch ran: launch.py must be importable from anywhere
-    monkeypatch.setattr(launch, "POLL_S", 0.2)
+    monkeypatch.setattr(launch.slurm, "POLL_S", 0.2)
     # job ids restart at 1000 in each test: a fresh watcher of job states, as a new study process would have
     monkeypatch.setattr(submitit.SlurmJob, "watcher", SlurmInfoWatcher(delay_s=600))
     return tmp_path / "slurm"
@@ -230,9 +231,8 @@ def test_failures_message_names_each_failed_run_and_its_log():
 def test_a_study_as_a_slurm_job_array(tmp_path, slurm):
     """study.py --launcher slurm on the stand-ins: one array of three tasks (the base model's evaluation, then
     two settings each trained and evaluated), the sbatch settings asked for, the report written at the end."""
-    from conftest import SAMPLE, small_llama
-
     import study
+    from conftest import SAMPLE, small_llama
 
     model = small_llama(tmp_path / "model", layers=2)
     out = str(tmp_path / "out")

@@ -14,10 +14,8 @@ import time
 import pytest
 import torch
 
-import llama2_classification_multi_tasks as train
-import memory
-import utils
 from conftest import MODEL, ROOT, SAMPLE, TRAIN
+from keys_values import config, lora, memory, models, precision
 
 LLAMA2_7B = memory.LLAMA2_7B
 PAPER = ["--lora_r", "8", "--epochs", "5", "--dropout", "0.1", "--bnb", "--target_modules", "q_proj", "v_proj",
@@ -51,9 +49,9 @@ def saved_bytes(model, input_ids):
 
 def lora_model(model, checkpointing, prec, modules=("q_proj", "v_proj", "up_proj"), dropout="0.1"):
     flag = "--gradient_checkpointing" if checkpointing else "--no-gradient_checkpointing"
-    args = train.parse_args(["--tasks", "CB", "--target_modules", *modules, "--dropout", dropout, flag,
+    args = config.training_config(["--tasks", "CB", "--target_modules", *modules, "--dropout", dropout, flag,
                              *(["--bnb"] if prec.bnb else [])])
-    model = train.add_lora(model, args, prec)
+    model = lora.add_lora(model, args, prec)
     model.train()
     return model, args
 
@@ -75,12 +73,12 @@ def within(measured, estimate, tolerance=0.25):
     return abs(estimate - measured) <= tolerance * measured
 
 
-FP32 = utils.precision("fp32", False, "train", bf16_cpu=False)
+FP32 = precision.precision("fp32", False, "train", bf16_cpu=False)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_estimate_matches_the_embedded_model(checkpointing):
-    model = utils.load_base(MODEL, FP32, utils.placement(0, False))
+    model = models.load_base(MODEL, FP32, precision.placement(0, False))
     model, args = lora_model(model, checkpointing, FP32)
     measured, estimate = measure(model, FP32, 2, 64), estimated(model, args, FP32, 2, 64)
     assert within(measured, estimate), (measured, estimate)
@@ -116,17 +114,17 @@ def test_estimate_follows_the_adapted_modules_and_bf16(tmp_path, modules, dropou
     from conftest import small_llama
 
     folder = small_llama(tmp_path, layers=4)
-    for prec in (FP32, utils.precision("bf16", False, "train", bf16_cpu=False)):
-        model, args = lora_model(utils.load_base(folder, prec, utils.placement(0, False)), False, prec, modules, dropout)
+    for prec in (FP32, precision.precision("bf16", False, "train", bf16_cpu=False)):
+        model, args = lora_model(models.load_base(folder, prec, precision.placement(0, False)), False, prec, modules, dropout)
         measured, estimate = measure(model, prec, 2, 48), estimated(model, args, prec, 2, 48)
         assert within(measured, estimate, 0.15), (prec.dtype, measured, estimate)
 
 
 def test_gradient_checkpointing_keeps_only_each_layers_input():
-    model = utils.load_base(MODEL, FP32, utils.placement(0, False))
+    model = models.load_base(MODEL, FP32, precision.placement(0, False))
     plain, _ = lora_model(model, False, FP32)
     without = measure(plain, FP32, 2, 64)
-    model = utils.load_base(MODEL, FP32, utils.placement(0, False))
+    model = models.load_base(MODEL, FP32, precision.placement(0, False))
     checkpointed, _ = lora_model(model, True, FP32)
     assert checkpointed.get_base_model().get_decoder().gradient_checkpointing
     with_gc = measure(checkpointed, FP32, 2, 64)
@@ -136,10 +134,10 @@ def test_gradient_checkpointing_keeps_only_each_layers_input():
 
 
 def test_bnb_defaults_to_checkpointing_as_the_original():
-    assert train.parse_args(["--bnb"]).gradient_checkpointing is True
-    assert train.parse_args([]).gradient_checkpointing is False
-    assert train.parse_args(["--bnb", "--no-gradient_checkpointing"]).gradient_checkpointing is False
-    assert train.parse_args(["--gradient_checkpointing"]).gradient_checkpointing is True
+    assert config.training_config(["--bnb"]).gradient_checkpointing is True
+    assert config.training_config([]).gradient_checkpointing is False
+    assert config.training_config(["--bnb", "--no-gradient_checkpointing"]).gradient_checkpointing is False
+    assert config.training_config(["--gradient_checkpointing"]).gradient_checkpointing is True
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import norms
-import roles
-from common import UserError
+from keys_values import norms, roles, structure
 from tiny_models import tiny_model, tiny_model_folder
+from utils import UserError
 
 PREFIX = "base_model.model."
 
@@ -155,7 +154,7 @@ def test_real_llama_adapter_and_relative_norms(tmp_path):
     peft_model.save_pretrained(str(tmp_path / "assets"))
     rows = norms.delta_norms(*norms.read_adapter(str(tmp_path / "assets")))
     want = peft_deltas(peft_model)
-    assert [r["module"] for r in rows] == sorted(want, key=roles.natural) and len(rows) == 8
+    assert [r["module"] for r in rows] == sorted(want, key=structure.natural) and len(rows) == 8
     for r in rows:
         assert r["delta_fro"] == pytest.approx(want[r["module"]], rel=1e-5), r["module"]
         assert r["name"] == r["module"].split(".")[-1] and r["layer"] == int(r["module"].split(".")[2])

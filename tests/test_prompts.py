@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-import datafiles
 import prompts
-from common import UserError
 from conftest import ROOT, SAMPLE
+from keys_values import data
 from prompts import TASKS
+from utils import UserError
 
 NLI3_CUE = "### Relationship (entailment, contradiction or neutral):"
 NLI2_CUE = "### Relationship (choose between 'entailment' and 'not entailment'):"
@@ -108,12 +108,12 @@ def test_data_source_order(tmp_path):
     cb = TASKS["CB"]
     row = {"premise": "from-file", "hypothesis": "h", "label": 0}
     write_jsonl(tmp_path / "CB" / "train.jsonl", [row])
-    rows, source = datafiles.load_rows(cb, str(tmp_path), "train")
+    rows, source = data.load_rows(cb, str(tmp_path), "train")
     assert rows == [row] and source["source"] == "file" and source["path"].endswith("CB/train.jsonl")
     datasets = pytest.importorskip("datasets")
     disk = tmp_path / "disk_datasets" / "super_glue" / "cb"
     datasets.DatasetDict({"train": datasets.Dataset.from_list([{**row, "premise": "from-disk"}])}).save_to_disk(str(disk))
-    rows, source = datafiles.load_rows(cb, str(tmp_path), "train")  # disk_datasets wins over files
+    rows, source = data.load_rows(cb, str(tmp_path), "train")  # disk_datasets wins over files
     assert rows[0]["premise"] == "from-disk" and source["source"] == "disk_datasets" and source["split"] == "train"
 
 
@@ -126,14 +126,14 @@ def test_csv_and_parquet_files(tmp_path):
         w = csv.DictWriter(f, ["question", "passage", "label"])
         w.writeheader()
         w.writerow({"question": "q", "passage": "p", "label": 1})
-    [e], source = prompts.load(TASKS["boolq"], str(tmp_path), "train")
+    [e], source = data.load(TASKS["boolq"], str(tmp_path), "train")
     assert e.label == "true" and e.fields["passage"] == "p" and source["path"].endswith("train.csv")
 
 
 def test_no_data_is_one_error_naming_every_place(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError) as e:
-        prompts.load(TASKS["boolq"], str(tmp_path), "validation")
+        data.load(TASKS["boolq"], str(tmp_path), "validation")
     msg = str(e.value)
     assert "\n" not in msg and "'boolq'" in msg
     for place in ("disk_datasets/super_glue/boolq", "boolq/validation.{jsonl,json,csv,parquet}", "hub aps/super_glue"):
@@ -213,8 +213,8 @@ def test_sample_data_is_reproducible_and_complete(tmp_path):
         for split in ("train", task.eval_split):
             ours = (tmp_path / name / f"{split}.jsonl").read_text()
             assert ours == open(os.path.join(SAMPLE, name, f"{split}.jsonl")).read()
-        train, _ = prompts.load(task, str(tmp_path), "train")
-        evals, _ = prompts.load(task, str(tmp_path), task.eval_split)
+        train, _ = data.load(task, str(tmp_path), "train")
+        evals, _ = data.load(task, str(tmp_path), task.eval_split)
         if task.closed:
             assert len(train) >= 60 and len(evals) >= 30
 
@@ -232,11 +232,11 @@ def test_qa_rows_keep_every_gold_answer():
 def test_load_says_where_rows_came_from_and_how_many_were_kept(tmp_path):
     ng = [{"text": "a", "label": "x"}, {"text": None, "label": "x"}, {"text": "b", "label": "y"}, {"text": "c", "label": "z"}]
     write_jsonl(tmp_path / "20_Newsgroups_Fixed" / "test.jsonl", ng)
-    examples, source = prompts.load(TASKS["20_Newsgroups_Fixed"], str(tmp_path), "test", max_samples=2)
+    examples, source = data.load(TASKS["20_Newsgroups_Fixed"], str(tmp_path), "test", max_samples=2)
     assert [e.label for e in examples] == ["x", "y"]
     assert source == {"source": "file", "path": str(tmp_path / "20_Newsgroups_Fixed" / "test.jsonl"), "split": "test",
                       "rows": 4, "clean": 3, "used": 2, "dropped": {"text not a string": 1}}
-    assert datafiles.describe(source).endswith("20_Newsgroups_Fixed/test.jsonl")
+    assert data.describe(source).endswith("20_Newsgroups_Fixed/test.jsonl")
 
 
 def test_hub_rows_are_announced_and_recorded(tmp_path, monkeypatch, capsys):
@@ -247,9 +247,9 @@ def test_hub_rows_are_announced_and_recorded(tmp_path, monkeypatch, capsys):
         calls.append((hub_id, config, split))
         return datasets.Dataset.from_list([{"question": "q", "passage": "p", "label": 1}])
 
-    monkeypatch.setattr(datafiles, "hub_reachable", lambda: True)
+    monkeypatch.setattr(data, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    examples, source = prompts.load(TASKS["boolq"], str(tmp_path), "validation")
+    examples, source = data.load(TASKS["boolq"], str(tmp_path), "validation")
     assert calls == [("aps/super_glue", "boolq", "validation")]
     assert [e.label for e in examples] == ["true"]
     assert source == {"source": "hub", "hub_id": "aps/super_glue", "config": "boolq", "split": "validation",
@@ -261,4 +261,4 @@ def test_hub_rows_are_announced_and_recorded(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(datasets, "load_dataset", broken)
     with pytest.raises(UserError, match=r"hub aps/super_glue \(ConnectionError: name resolution failed\)"):
-        prompts.load(TASKS["boolq"], str(tmp_path), "validation")
+        data.load(TASKS["boolq"], str(tmp_path), "validation")

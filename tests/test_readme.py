@@ -11,10 +11,10 @@ import sys
 import pytest
 
 import get_eval_tasks
-import llama2_classification_multi_tasks as train
-import llama2_classification_multi_tasks_inference as inference
 import study
 from conftest import ROOT
+from keys_values import config
+from keys_values.study import recipe
 
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
 TASKS_T = "20_Newsgroups_Fixed boolq COPA CB race_high QNLI"
@@ -49,9 +49,9 @@ def argv_of(line, script):
 def test_every_readme_command_parses_with_the_current_flags():
     checked = set()
     for line in commands():
-        for script, parse in (("llama2_classification_multi_tasks.py", lambda a: train.check_args(train.parse_args(a))),
-                              ("llama2_classification_multi_tasks_inference.py", inference.parse_args),
-                              ("study.py", study.parse_args),
+        for script, parse in (("llama2_classification_multi_tasks.py", lambda a: config.training_config(a).check()),
+                              ("llama2_classification_multi_tasks_inference.py", config.evaluation_config),
+                              ("study.py", lambda a: recipe.parse(study.build_parser(), a)),
                               ("get_eval_tasks.py", get_eval_tasks.build_parser().parse_args)):
             if re.search(rf"(^|[ /]){re.escape(script)}( |$)", line):
                 parse(argv_of(line, script))
@@ -69,8 +69,8 @@ def test_every_readme_study_command_runs_the_flags_it_says():
     for line in commands():
         if not re.search(r"(^| )study\.py", line):
             continue
-        own, argv, why = study.parse_args(argv_of(line, "study.py"))
-        t = train.parse_args(argv)
+        own, argv, why = recipe.parse(study.build_parser(), argv_of(line, "study.py"))
+        t = config.training_config(argv)
         if t.pretrained_ckpt.endswith("SmolLM2-135M-Instruct"):
             assert "small study" in why and (t.epochs, t.loss_on) == (3, "completion")
             continue

@@ -3,13 +3,14 @@ checked against the rows the figures used (count and content fingerprint)."""
 
 import importlib.util
 import json
-import re
 import os
+import re
 
 import pytest
 
-from common import UserError
 from conftest import ROOT, SAMPLE
+from keys_values import data
+from utils import UserError
 
 
 @pytest.fixture
@@ -38,10 +39,10 @@ def test_rows_are_written_where_data_root_reads_them_and_checked(script, monkeyp
     boolq = [json.loads(line) for line in open(tmp_path / "boolq" / "train.jsonl")]
     assert len(boolq) == script.BOOLQ_TRAIN and re.search(r"boolq/validation.jsonl +500 ", out)
     # rows equal to the figures' (here: the fingerprint of these very rows) are said to be the same
-    import identity
     import prompts
+    from keys_values import identity
 
-    examples, _ = prompts.load(prompts.TASKS["CB"], str(tmp_path), "train")
+    examples, _ = data.load(prompts.TASKS["CB"], str(tmp_path), "train")
     monkeypatch.setitem(script.EXPECTED, ("CB", "train"), (len(examples), identity.data_fingerprint({"CB": examples})))
     script.main(["--root", str(tmp_path / "again"), "--tasks", "CB"])
     assert "train.jsonl" in capsys.readouterr().out.split("the same")[0]

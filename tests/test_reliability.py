@@ -15,13 +15,16 @@ from fractions import Fraction
 import pytest
 import torch
 
-import experiment
-import identity
 import llama2_classification_multi_tasks as train
 import prompts
 import utils
-from common import UserError
 from conftest import EVAL, MODEL, ROOT, SAMPLE, TRAIN, free_port, only_dir, run, small_llama
+from keys_values import callbacks, config, identity, lora, models, packing, precision
+from keys_values import data as task_data
+from keys_values.experiment import checkpoints, layout, lock, records, state
+from keys_values.loss import NonFinite, OutputLayerInTheLoss
+from keys_values.training import folder
+from utils import UserError
 
 SHARED = ["--max_seq_length", "64", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
           "--dropout", "0", "--target_modules", "q_proj", "v_proj"]
@@ -71,7 +74,7 @@ def make_partial(exp, keep):
     for name in ("experiment.json", "results.json", "results.pkl", "assets"):
         path = os.path.join(exp, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-    for step, path in experiment.checkpoints(exp):
+    for step, path in checkpoints.checkpoints(exp):
         if step > keep:
             shutil.rmtree(path)
 
@@ -121,7 +124,7 @@ def test_a_resumed_run_saves_and_logs_at_its_own_intervals(model, data, tmp_path
     make_partial(exp, keep=1)
     p = run(TRAIN, *argv, "--save_steps", "3", "--logging_steps", "2", "--resume")
     assert "--resume: saving every 3 steps and logging every 2 from step 1 (the checkpoint's run: 1 and 1)" in p.stdout
-    assert [step for step, _ in experiment.checkpoints(exp)] == [1, 3, 4]  # 4: the Trainer saves the last step
+    assert [step for step, _ in checkpoints.checkpoints(exp)] == [1, 3, 4]  # 4: the Trainer saves the last step
     logged = [e["step"] for e in json.load(open(os.path.join(exp, "checkpoint-3", "trainer_state.json")))["log_history"]
               if "loss" in e]
     assert logged == [1, 2, 3]  # step 1 from the first run; 2 on the new interval; 3 where it saved (run_control)
@@ -178,16 +181,16 @@ def test_a_checkpoint_that_is_not_whole_is_skipped_with_its_reason(tmp_path, bro
     checkpoint(str(tmp_path), 3, **broken)
     os.makedirs(tmp_path / "checkpoint-4.tmp")
     lines = []
-    step, path = experiment.newest_whole_checkpoint(str(tmp_path), report=lines.append)
+    step, path = checkpoints.newest_whole_checkpoint(str(tmp_path), report=lines.append)
     assert step == 1 and path.endswith("checkpoint-1")
     assert len(lines) == 1 and "checkpoint-3" in lines[0] and why in lines[0]
-    assert experiment.checkpoint_problem(checkpoint(str(tmp_path), 5), 5) is None
+    assert checkpoints.checkpoint_problem(checkpoint(str(tmp_path), 5), 5) is None
 
 
 # ---- run identity: reuse and resume only with the same settings -----------------------------------------------
 
 def record_with(tmp_path, **changes):
-    args = train.parse_args(["--tasks", "CB", "--output_root", str(tmp_path)])
+    args = config.training_config(["--tasks", "CB", "--output_root", str(tmp_path)])
     ident = identity.training(args, ["q_proj"], "fp32", 1, "abc")
     return args, ident, {**ident, **changes}
 
@@ -198,14 +201,14 @@ def test_a_finished_run_is_reused_only_with_the_same_identity(tmp_path):
     exp.mkdir()
     utils.write_json(str(exp / "experiment.json"), {"kind": "lora", "identity": other, "args": {}})
     with pytest.raises(UserError, match=r"other settings \(--learning_rate 0.001 -> 0.0002\)"):
-        train.check_folder(str(exp), args, ident)
+        folder.check_folder(str(exp), args, ident)
     utils.write_json(str(exp / "experiment.json"), {"kind": "lora", "identity": {**ident, "data": "xyz"}, "args": {}})
     with pytest.raises(UserError, match="the training rows"):
-        train.check_folder(str(exp), args, ident)
+        folder.check_folder(str(exp), args, ident)
     utils.write_json(str(exp / "experiment.json"), {"kind": "lora", "identity": ident, "args": {}})
     args.resume = True
-    with pytest.raises(train.Finished):
-        train.check_folder(str(exp), args, ident)
+    with pytest.raises(folder.Finished):
+        folder.check_folder(str(exp), args, ident)
 
 
 def test_resume_with_other_settings_names_them(tmp_path):
@@ -215,23 +218,23 @@ def test_resume_with_other_settings_names_them(tmp_path):
     utils.write_json(str(exp / "identity.json"), {"identity": other})
     args.resume = True
     with pytest.raises(UserError, match=r"started with other settings \(--per_device_train_batch_size 8 -> 4\)"):
-        train.check_folder(str(exp), args, ident)
+        folder.check_folder(str(exp), args, ident)
     # --resume with a new flag lands in a new folder: the interrupted run beside it is named, not silently left
     with pytest.raises(UserError, match=r"holds an interrupted run that differs \(--per_device_train_batch_size 8"):
-        train.check_folder(str(tmp_path / "CB" / "new"), args, ident)
+        folder.check_folder(str(tmp_path / "CB" / "new"), args, ident)
 
 
 def test_the_loss_is_logged_at_least_20_times(tmp_path):
-    args = train.parse_args(["--tasks", "CB"])
-    assert [train.logging_interval(args, n) for n in (10, 45, 1000)] == [1, 2, 50]
+    args = config.training_config(["--tasks", "CB"])
+    assert [packing.logging_interval(args, n) for n in (10, 45, 1000)] == [1, 2, 50]
     args.logging_steps = 7
-    assert train.logging_interval(args, 1000) == 7
+    assert packing.logging_interval(args, 1000) == 7
 
 
 def test_train_loss_is_read_back_from_the_log_history():
     history = [{"loss": 2.0, "step": 2}, {"loss": 1.0, "step": 3}, {"loss": 0.5, "step": 5}, {"train_loss": 9, "step": 5}]
-    assert train.train_loss_of(history, 5) == pytest.approx((2 * 2 + 1 + 0.5 * 2) / 5)
-    assert train.train_loss_of(history, 6) is None  # a history that misses steps gives no mean
+    assert callbacks.train_loss_of(history, 5) == pytest.approx((2 * 2 + 1 + 0.5 * 2) / 5)
+    assert callbacks.train_loss_of(history, 6) is None  # a history that misses steps gives no mean
 
 
 # ---- 4. a non-finite number is never scored ----------------------------------------------------------------
@@ -264,16 +267,17 @@ def test_non_finite_scores_stop_the_task_and_write_no_metrics(overflowing, data,
     assert ("nan" in err[0] or "inf" in err[0]) and "--dtype" in err[0] and "no metrics written for CB" in err[0]
     assert not os.path.exists(out)  # no metrics, no record, no folder
     run(EVAL, *base, "--dtype", "fp32")  # the same function in fp32 is finite and scored
-    assert os.path.isfile(utils.metrics_path(os.path.join(out, "CB", "base-overflowing"), "CB",
+    assert os.path.isfile(layout.metrics_path(os.path.join(out, "CB", "base-overflowing"), "CB",
                                              "metrics" + ("-rank" if scoring == "rank" else "-new3") + "-fp32"))
 
 
 def lora_with_its_loss(model):
     """(the small model with a q_proj adapter in fp32, the training loss, the restore of its output layer)."""
-    prec = utils.precision("fp32", False, "train", bf16_cpu=False)
-    m = train.add_lora(utils.load_base(model, prec, utils.placement(0, False)), train.parse_args(
+    prec = precision.precision("fp32", False, "train", bf16_cpu=False)
+    m = lora.add_lora(models.load_base(model, prec, precision.placement(0, False)), config.training_config(
         ["--tasks", "CB", "--target_modules", "q_proj"]), prec)
-    return (m, *train.output_layer_in_the_loss(m))
+    loss = OutputLayerInTheLoss(m).__enter__()
+    return m, loss, lambda: loss.__exit__(None, None, None)
 
 
 def test_a_non_finite_training_loss_stops_the_run(model):
@@ -281,7 +285,7 @@ def test_a_non_finite_training_loss_stops_the_run(model):
     ids = torch.randint(0, 100, (1, 8))
     out = m(input_ids=ids)
     out.logits[0, 2, 0] = float("nan")
-    with pytest.raises(train.NonFinite, match="nan"):
+    with pytest.raises(NonFinite, match="nan"):
         loss(out, ids)
     restore()
 
@@ -302,34 +306,34 @@ def test_blocks_in_which_nothing_is_predicted_are_left_out_and_said(tmp_path, ca
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(MODEL)
-    per_task = {"CB": prompts.load(prompts.TASKS["CB"], SAMPLE, "train", max_samples=6)[0]}
-    args = train.parse_args(["--tasks", "CB", "--max_seq_length", "4", "--loss_on", "completion"])
-    blocks = train.training_blocks(per_task, tok, args)
+    per_task = {"CB": task_data.load(prompts.TASKS["CB"], SAMPLE, "train", max_samples=6)[0]}
+    args = config.training_config(["--tasks", "CB", "--max_seq_length", "4", "--loss_on", "completion"])
+    blocks = packing.training_blocks(per_task, tok, args)
     said = capsys.readouterr().out
     assert blocks and all(any(x != -100 for x in b["labels"][1:]) for b in blocks)
     assert "blocks hold no token the loss counts (loss on completion) and are left out" in said
-    args = train.parse_args(["--tasks", "CB", "--max_seq_length", "4"])  # the loss on every token: all teach
-    assert len(train.training_blocks(per_task, tok, args)) > len(blocks) and "left out" not in capsys.readouterr().out
-    args = train.parse_args(["--tasks", "CB", "--max_seq_length", "4", "--loss_on", "completion"])
-    real_pack = utils.pack
+    args = config.training_config(["--tasks", "CB", "--max_seq_length", "4"])  # the loss on every token: all teach
+    assert len(packing.training_blocks(per_task, tok, args)) > len(blocks) and "left out" not in capsys.readouterr().out
+    args = config.training_config(["--tasks", "CB", "--max_seq_length", "4", "--loss_on", "completion"])
+    real_pack = packing.pack
     # the answers only ever at a block's first position (where no token predicts them): nothing is left
-    monkeypatch.setattr(utils, "pack", lambda *a, **k: [{**b, "labels": [b["labels"][0]] + [-100] * 3}
+    monkeypatch.setattr(packing, "pack", lambda *a, **k: [{**b, "labels": [b["labels"][0]] + [-100] * 3}
                                                          for b in real_pack(*a, **k)])
     with pytest.raises(UserError, match="no block of --max_seq_length 4 holds a token to predict"):
-        train.training_blocks(per_task, tok, args)
+        packing.training_blocks(per_task, tok, args)
 
 
 def test_a_mean_training_loss_that_is_not_finite_never_finishes_a_run(model, data, tmp_path, monkeypatch, capsys):
     """The last guard: whatever made the logged loss NaN, the run is not recorded as finished."""
-    from common import run_main
+    from utils import run_main
 
-    monkeypatch.setattr(train, "train_loss_of", lambda history, step: float("nan"))
+    monkeypatch.setattr(callbacks, "train_loss_of", lambda history, step: float("nan"))
     with pytest.raises(SystemExit) as e:
         run_main(lambda: train.main(training(model, data, str(tmp_path), "--max_steps", "1")))
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and "the mean training loss is nan" in err and "--dtype fp32" in err
     exp = only_dir(str(tmp_path))
-    assert not os.path.exists(os.path.join(exp, "experiment.json")) and experiment.state(exp) == "partial"
+    assert not os.path.exists(os.path.join(exp, "experiment.json")) and state.state(exp) == "partial"
 
 
 # ---- 5. an over-long row is handled ------------------------------------------------------------------------
@@ -345,9 +349,9 @@ def test_a_row_that_cannot_fit_is_skipped_and_the_task_goes_on(model, tmp_path):
             "--max_input_length", "64", "--max_new_tokens", "2")
     exp = os.path.join(out, "boolq", "base-small-llama")
     folder = "metrics-new2-len64"
-    m = json.load(open(utils.metrics_path(exp, "boolq", folder)))
+    m = json.load(open(layout.metrics_path(exp, "boolq", folder)))
     assert m["skipped"] == 1 and m["n"] == 5 and "1 of 6 rows skipped" in p.stdout and "'question'" in p.stdout
-    preds = [json.loads(line) for line in open(utils.predictions_path(exp, "boolq", folder))]
+    preds = [json.loads(line) for line in open(layout.predictions_path(exp, "boolq", folder))]
     assert [r["id"] for r in preds if r.get("skipped")] == [2] and "'question' is" in preds[2]["skipped"]
     assert len([r for r in preds if "prediction" in r]) == 5
     # every row too long: one line naming the row and the field, and no folder holding a record without results
@@ -363,10 +367,10 @@ def test_a_row_that_cannot_fit_is_skipped_and_the_task_goes_on(model, tmp_path):
 def test_4bit_lora_gets_gradients_after_an_eval_mode_forward(model):
     import bitsandbytes as bnb
 
-    prec = utils.precision("auto", True, "train")
-    args = train.parse_args(["--tasks", "CB", "--bnb", "--target_modules", "q_proj", "v_proj", "up_proj",
+    prec = precision.precision("auto", True, "train")
+    args = config.training_config(["--tasks", "CB", "--bnb", "--target_modules", "q_proj", "v_proj", "up_proj",
                              "--no-gradient_checkpointing"])
-    m = train.add_lora(utils.load_base(model, prec, utils.placement(0, False)), args, prec)
+    m = lora.add_lora(models.load_base(model, prec, precision.placement(0, False)), args, prec)
     layers = [x for x in m.modules() if isinstance(x, bnb.nn.Linear4bit)]
     assert layers and all(x.support_avx512bf16_for_cpu is False for x in layers)
     ids = torch.randint(0, 100, (2, 16))
@@ -389,8 +393,8 @@ def test_4bit_weights_are_quantised_from_the_checkpoints_own_fp16_values(model, 
     AutoModelForCausalLM.from_pretrained(model, dtype=torch.float16).save_pretrained(fp16)
     AutoTokenizer.from_pretrained(model).save_pretrained(fp16)
     w16 = AutoModelForCausalLM.from_pretrained(fp16, dtype=torch.float16).model.layers[0].mlp.up_proj.weight.data
-    prec = utils.precision("auto", True, "train")
-    loaded = utils.load_base(fp16, prec, utils.placement(0, False))
+    prec = precision.precision("auto", True, "train")
+    loaded = models.load_base(fp16, prec, precision.placement(0, False))
     layer = loaded.model.layers[0].mlp.up_proj
     ours = F.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
 
@@ -413,7 +417,7 @@ def start(argv):
 def wait_for(pattern_dir, name, proc, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        found = [d for d in experiment.checkpoints(pattern_dir) if os.path.isfile(os.path.join(d[1], name))] \
+        found = [d for d in checkpoints.checkpoints(pattern_dir) if os.path.isfile(os.path.join(d[1], name))] \
             if os.path.isdir(pattern_dir) else []
         if found:
             return found
@@ -422,7 +426,7 @@ def wait_for(pattern_dir, name, proc, timeout=300):
 
 
 @pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted: checkpoint-"),
-                                           (signal.SIGUSR1, train.RESUMABLE, "stopped on SIGUSR1 at step")])
+                                           (signal.SIGUSR1, utils.RESUMABLE, "stopped on SIGUSR1 at step")])
 def test_an_interrupt_says_what_was_kept_and_how_to_continue(model, data, tmp_path, sig, code, said):
     out = str(tmp_path / "out")
     argv = training(model, data, out, "--max_steps", "400", "--save_steps", "1")
@@ -439,21 +443,21 @@ def test_an_interrupt_says_what_was_kept_and_how_to_continue(model, data, tmp_pa
     assert proc.returncode == code, stderr[-2000:]
     lines = [line for line in stderr.splitlines() if said in line]
     assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in stderr
-    assert experiment.state(exp) == "partial" and experiment.newest_whole_checkpoint(exp, report=lambda x: None)
+    assert state.state(exp) == "partial" and checkpoints.newest_whole_checkpoint(exp, report=lambda x: None)
     if sig == signal.SIGUSR1:  # saved at the step it stopped at
         step = int(lines[0].split("at step ")[1].split(":")[0])
-        assert experiment.checkpoints(exp)[-1][0] == step
+        assert checkpoints.checkpoints(exp)[-1][0] == step
 
 
 def test_a_folder_in_use_is_refused_in_one_line(model, data, tmp_path):
     out = str(tmp_path / "out")
     argv = training(model, data, out, "--max_steps", "1")
     plan = json.loads(run(TRAIN, *argv, "--dry_run").stdout.strip().splitlines()[-1])
-    with experiment.lock(plan["experiment_dir"], "training"):
+    with lock.lock(plan["experiment_dir"], "training"):
         p = run(TRAIN, *argv, check=False)
         assert p.returncode == 2 and "is in use by training (pid" in p.stderr and "Traceback" not in p.stderr
         with pytest.raises(UserError, match="still being trained"):
-            utils.read_experiment(plan["experiment_dir"])
+            records.read_experiment(plan["experiment_dir"])
     run(TRAIN, *argv)  # the lock went with its holder
 
 
@@ -468,7 +472,7 @@ def test_a_wrong_experiment_dir_is_told_apart_from_an_unfinished_run(tmp_path):
                           (exp / "metrics", "is inside an experiment"), (exp / "checkpoint-2", "is inside an experiment"),
                           (tmp_path / "CB", "is a tasks folder holding experiments, not an experiment")):
         with pytest.raises(UserError, match=message):
-            utils.read_experiment(str(path))
+            records.read_experiment(str(path))
 
 
 def test_every_folder_that_is_not_an_experiment_is_named_for_what_it_is(tmp_path):
@@ -504,10 +508,10 @@ def test_every_folder_that_is_not_an_experiment_is_named_for_what_it_is(tmp_path
                           (unfinished, "its training did not finish"),
                           (unfinished / "logs", "is inside an experiment")):
         with pytest.raises(UserError) as e:
-            utils.read_experiment(str(path))
+            records.read_experiment(str(path))
         assert message in str(e.value) and ("--resume" in str(e.value)) == (path == unfinished), (path, str(e.value))
     with pytest.raises(UserError) as e:
-        utils.read_experiment(str(tmp_path / "out"))
+        records.read_experiment(str(tmp_path / "out"))
     assert str(e.value).endswith(f"e.g. {exp}")  # a trained adapter's folder, not the base model's
 
 

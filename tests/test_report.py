@@ -7,8 +7,10 @@ import os
 import pytest
 
 import get_eval_tasks
-import identity
 import utils
+from keys_values import identity, scoring, statistics
+from keys_values.experiment import layout, records
+from keys_values.report import collect, compare, figures
 
 TASKS = ["race_high", "race_middle", "20_Newsgroups_Fixed"]
 EVAL = {"scoring": "generate", "max_test_samples": 1000, "bnb": False, "dtype": "fp32", "max_new_tokens": 20,
@@ -26,7 +28,7 @@ def fake_run(root, tasks_folder, folder, record, right, adapter=True):
         rows = [{"id": i, "label": "A", "generation": "A" if r else "B", "prediction": "A" if r else "B"}
                 for i, r in enumerate(flags)]
         utils.write_jsonl(os.path.join(exp, "metrics", f"{task}_predictions.jsonl"), rows)
-        m = utils.metrics([(r["label"],) for r in rows], [r["prediction"] for r in rows],
+        m = scoring.metrics([(r["label"],) for r in rows], [r["prediction"] for r in rows],
                           [r["prediction"] for r in rows], ["A", "B", "C", "D"])
         utils.write_json(os.path.join(exp, "metrics", f"{task}_metrics_update.json"), {**m, **EVAL})
     return exp
@@ -43,8 +45,8 @@ def name(modules, seed=42):
     """The folder name of a run with the original's settings but 3 epochs, these modules and this seed."""
     ident = {"tasks": ["x"], "train_sample_fraction": 0.99, "epochs": 3, "lora_r": 8, "dropout": 0.1,
              "target_modules": modules, "bnb": False, "loss_on": "all", "shorten_to_block": False, "max_steps": -1,
-             "seed": seed, **{k: identity.original_default(k, False) for k in identity.HASHED}}
-    return identity.folder_name(ident)
+             "seed": seed, **{k: identity.original_value(k, False) for k in identity.HASHED}}
+    return layout.folder_name(ident)
 
 
 @pytest.fixture
@@ -108,18 +110,18 @@ def test_mcnemar_hand_checked():
     # b=1, c=6: two-sided exact p = 2 * (C(7,0) + C(7,1)) / 2**7 = 0.125
     a = [True] + [False] * 6 + [True, False]
     b = [False] + [True] * 6 + [True, False]
-    assert get_eval_tasks.mcnemar(a, b) == (1, 6, 0.125)
-    assert get_eval_tasks.mcnemar([True] * 3, [True] * 3) == (0, 0, 1.0)
+    assert statistics.mcnemar(a, b) == (1, 6, 0.125)
+    assert statistics.mcnemar([True] * 3, [True] * 3) == (0, 0, 1.0)
     # b=c=5: the two-sided p is capped at 1
-    assert get_eval_tasks.mcnemar([True] * 5 + [False] * 5, [False] * 5 + [True] * 5)[2] == 1.0
+    assert statistics.mcnemar([True] * 5 + [False] * 5, [False] * 5 + [True] * 5)[2] == 1.0
 
 
 def test_stratified_mcnemar_and_paired_difference_hand_checked():
     # seed 1: b=3, c=1; seed 2: b=4, c=0 -> 7 of 8 discordant pairs favour A:
     # p = 2 * (C(8,0) + C(8,1)) / 2**8 = 18 / 256
-    assert get_eval_tasks.stratified_mcnemar([(3, 1), (4, 0)]) == (7, 1, 18 / 256)
+    assert statistics.stratified_mcnemar([(3, 1), (4, 0)]) == (7, 1, 18 / 256)
     # 20 pairs, b=7, c=1: difference 6/20 = 0.3, se = sqrt(7 + 1 - 6**2 / 20) / 20 = sqrt(6.2) / 20
-    diff, lo, hi = get_eval_tasks.paired_difference(7, 1, 20)
+    diff, lo, hi = statistics.paired_difference(7, 1, 20)
     se = 6.2 ** 0.5 / 20
     assert diff == pytest.approx(0.3) and lo == pytest.approx(0.3 - 1.959964 * se) and hi == pytest.approx(0.3 + 1.959964 * se)
 
@@ -129,24 +131,24 @@ LLAMA_ARMS = [["q_proj", "v_proj"], ["q_proj", "v_proj", "up_proj"], ["q_proj", 
 
 
 def test_setting_names_and_roles():
-    assert get_eval_tasks.setting_name(lora(["q_proj", "v_proj", "gate_proj"], 1)) == "q,v+gate (keys)"
-    assert get_eval_tasks.setting_name(lora(["down_proj", "q_proj", "v_proj"], 1)) == "q,v+down (values)"
-    assert get_eval_tasks.setting_name({"kind": "base"}) == "base (no adapter)"
-    assert [get_eval_tasks.role(lora(s, 1)) for s in LLAMA_ARMS] == ["core", "keys", "keys", "values"]
-    assert get_eval_tasks.role({"kind": "base"}) == "base"
-    assert get_eval_tasks.role(lora(["q_proj", "v_proj", "up_proj", "down_proj"], 1)) == "other"
-    assert get_eval_tasks.role(lora(["k_proj"], 1)) == "other"
+    assert records.setting_name(lora(["q_proj", "v_proj", "gate_proj"], 1)) == "q,v+gate (keys)"
+    assert records.setting_name(lora(["down_proj", "q_proj", "v_proj"], 1)) == "q,v+down (values)"
+    assert records.setting_name({"kind": "base"}) == "base (no adapter)"
+    assert [records.role(lora(s, 1)) for s in LLAMA_ARMS] == ["core", "keys", "keys", "values"]
+    assert records.role({"kind": "base"}) == "base"
+    assert records.role(lora(["q_proj", "v_proj", "up_proj", "down_proj"], 1)) == "other"
+    assert records.role(lora(["k_proj"], 1)) == "other"
 
 
 def test_the_record_not_the_names_decides_the_role():
     """GPT-2: c_proj is the feed-forward's values only as mlp.c_proj; the record's roles say so."""
     gpt2 = {**lora(["attn.c_attn", "mlp.c_proj"], 1), "module_roles": {"attn.c_attn": "attention_qv",
                                                                       "mlp.c_proj": "values"}}
-    assert get_eval_tasks.role(gpt2) == "values"
-    assert get_eval_tasks.setting_name(gpt2) == "c_attn+c_proj (values)"
+    assert records.role(gpt2) == "values"
+    assert records.setting_name(gpt2) == "c_attn+c_proj (values)"
     odd = {**lora(["q_proj", "v_proj", "up_proj"], 1), "module_roles": {"q_proj": "attention_q", "v_proj": "attention_v",
                                                                         "up_proj": "values"}}
-    assert get_eval_tasks.role(odd) == "values"  # the record wins over the Llama name
+    assert records.role(odd) == "values"  # the record wins over the Llama name
 
 
 def test_several_seeds_are_pooled(tmp_path):
@@ -181,15 +183,15 @@ def evaluations(root, flags_by_seed):
     for s, flags in flags_by_seed:
         exp = fake_run(root, "CB", f"r{s}", lora(["q_proj"], 1, s), {"CB": flags})
         m = json.load(open(os.path.join(exp, "metrics", "CB_metrics_update.json")))
-        out.append(get_eval_tasks.Evaluation(exp, "metrics", "CB", m))
+        out.append(collect.Evaluation(exp, "metrics", "CB", m))
     return out
 
 
 def test_seed_interval_bootstrap_covers_the_mean_and_is_reproducible(tmp_path):
     evs = evaluations(str(tmp_path), ((1, [True] * 6 + [False] * 4), (2, [True] * 8 + [False] * 2)))
-    lo, hi = get_eval_tasks.seed_interval(evs)
+    lo, hi = compare.seed_interval(evs)
     assert lo < 0.7 < hi and 0.3 < lo and hi <= 1.0
-    assert get_eval_tasks.seed_interval(evs) == [lo, hi]
+    assert compare.seed_interval(evs) == [lo, hi]
 
 
 def test_seed_interval_carries_the_spread_between_seeds(tmp_path):
@@ -197,7 +199,7 @@ def test_seed_interval_carries_the_spread_between_seeds(tmp_path):
     hold seed 1 twice (about 20%) and a quarter seed 2 twice (about 80%), so the interval spans most of
     [20, 80]; drawing the examples alone would give about 50 +- 7."""
     evs = evaluations(str(tmp_path), ((1, [True] * 20 + [False] * 80), (2, [True] * 80 + [False] * 20)))
-    lo, hi = get_eval_tasks.seed_interval(evs)
+    lo, hi = compare.seed_interval(evs)
     assert lo < 0.3 and hi > 0.7
 
 
@@ -222,7 +224,7 @@ def test_a_tree_written_by_the_original_is_aggregated(tmp_path):
     short = "f0.99_e5_r8_d0.1-['q_proj', 'v_proj', 'up_proj']-4bit"
     assert results["['race_high', 'CB']"][short]["race_high"]["accuracy"] == 0.42  # every task keyed by its name
     assert set(results["['race_high', 'CB']"][short]) == {"race_high", "CB"}
-    assert set(results["race_high,CB"][os.path.basename(get_eval_tasks.short_name(ours))]) == {"race_high", "CB"}
+    assert set(results["race_high,CB"][os.path.basename(layout.short_name(ours))]) == {"race_high", "CB"}
     md = open(os.path.join(root, "['race_high', 'CB']", "summary.md")).read()
     row = [r for r in table(md) if r.startswith("| q,v+up (keys) |")][0].split(" | ")
     assert row[1:4] == ["42.0 [–]", "75.0 [–]", "58.5"] and row[4] == "4,194,304 |"  # no interval can be computed
@@ -240,9 +242,9 @@ def test_learning_curves_are_read_from_tensorboard_logs(tmp_path):
     writer = SummaryWriter(log_dir=os.path.join(exp, "logs"))  # a resumed run logs again into the same folder
     writer.add_scalar("train/loss", 0.25, 20)
     writer.close()
-    run = get_eval_tasks.Run(name(["q_proj"]), exp, {}, {}, 42)
-    assert get_eval_tasks.loss_curve(run) == [(5, 2.0), (10, 1.5), (15, 0.5), (20, 0.25)]
-    assert get_eval_tasks.loss_curve(get_eval_tasks.Run("x", str(tmp_path), {}, {}, 42)) == []
+    run = collect.Run(name(["q_proj"]), exp, {}, {}, 42)
+    assert collect.loss_curve(run) == [(5, 2.0), (10, 1.5), (15, 0.5), (20, 0.25)]
+    assert collect.loss_curve(collect.Run("x", str(tmp_path), {}, {}, 42)) == []
 
 
 # ---- only like with like --------------------------------------------------------------------------------------
@@ -313,9 +315,9 @@ def test_the_loss_panel_names_what_it_cannot_draw(tmp_path):
     for step, loss in ((1, 2.0), (2, 1.5)):
         writer.add_scalar("train/loss", loss, step)
     writer.close()
-    settings = get_eval_tasks.group(get_eval_tasks.collect(root)["CB"])
+    settings = collect.group(collect.collect(root)["CB"])
     fig, ax = plt.subplots()
-    get_eval_tasks.loss_panel(ax, settings, {s.name: "C0" for s in settings})
+    figures.loss_panel(ax, settings, {s.name: "C0" for s in settings})
     assert [line.get_label() for line in ax.lines] == ["q,v+up (keys)"] and ax.get_legend() is not None
     assert ax.get_title() == "training loss (one seed)"
     assert any("no loss logged: q,v+down (values)" in t.get_text() for t in ax.texts)

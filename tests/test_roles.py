@@ -10,9 +10,9 @@ import types
 import pytest
 import torch
 
-import roles
-from common import UserError
+from keys_values import arms, roles
 from tiny_models import MODEL_TYPES, meta_model, tiny_model, tiny_model_folder
+from utils import UserError
 
 GATED = {"attention_qv": (["q_proj", "v_proj"], []), "keys": (["up_proj", "gate_proj"], []),
          "keys_up": (["up_proj"], []), "keys_gate": (["gate_proj"], []), "values": (["down_proj"], [])}
@@ -178,26 +178,26 @@ def test_paths_are_in_layer_order():
 # ---- the original's names, plain names, peft's default -----------------------------------------------------
 
 def test_llama_study_arms_are_the_originals_settings():
-    """The study's arms resolve to the module lists the original commands (and their folder names) use."""
+    """The study's found resolve to the module lists the original commands (and their folder names) use."""
     model = meta("llama")
-    arms = roles.study_arms(model)
-    assert arms == [("attention_qv", None), ("attention_qv keys_up", None), ("attention_qv keys_gate", None),
+    found = arms.study_arms(model)
+    assert found == [("attention_qv", None), ("attention_qv keys_up", None), ("attention_qv keys_gate", None),
                     ("attention_qv values", None)]
-    assert [roles.resolve(a.split(), model).target_modules for a, _ in arms] == ORIGINAL_SETTINGS
+    assert [roles.resolve(a.split(), model).target_modules for a, _ in found] == ORIGINAL_SETTINGS
 
 
 def test_study_arms_where_the_feed_forward_has_no_separate_gate_and_up():
     for model_type, why in (("gpt2", "no gate in its feed-forward (mlp.c_fc"), ("phi3", "fuses"), ("mixtral", "fuses")):
-        arms = roles.study_arms(meta(model_type))
-        assert [a for a, _ in arms] == ["attention_qv", "attention_qv keys", "attention_qv values"]
-        assert why in arms[1][1] and arms[0][1] is None and arms[2][1] is None
+        found = arms.study_arms(meta(model_type))
+        assert [a for a, _ in found] == ["attention_qv", "attention_qv keys", "attention_qv values"]
+        assert why in found[1][1] and found[0][1] is None and found[2][1] is None
 
 
 def test_study_arms_leave_out_what_the_model_refuses():
-    arms = roles.study_arms(meta("qwen3_moe"))  # its dense block's gate/up/down names are rewritten by peft
-    assert arms[0] == ("attention_qv", None) and [a for a, _ in arms[1:]] == [None, None]
-    assert arms[1][1].startswith("'attention_qv keys' left out: target module up_proj (model.layers.1.mlp.up_proj)")
-    assert [a for a, _ in roles.study_arms(meta("qwen3_moe", sparse=True))] == [
+    found = arms.study_arms(meta("qwen3_moe"))  # its dense block's gate/up/down names are rewritten by peft
+    assert found[0] == ("attention_qv", None) and [a for a, _ in found[1:]] == [None, None]
+    assert found[1][1].startswith("'attention_qv keys' left out: target module up_proj (model.layers.1.mlp.up_proj)")
+    assert [a for a, _ in arms.study_arms(meta("qwen3_moe", sparse=True))] == [
         "attention_qv", "attention_qv keys", "attention_qv values"]
 
 
@@ -389,7 +389,7 @@ def test_peft_adapts_exactly_the_resolved_paths(model_type):
     from peft import LoraConfig, get_peft_model
 
     sparse = model_type == "qwen3_moe"  # its dense block's modules are refused (peft rewrites their names)
-    for arm, _ in roles.study_arms(meta(model_type, sparse=sparse)):
+    for arm, _ in arms.study_arms(meta(model_type, sparse=sparse)):
         t = roles.resolve(arm.split(), meta(model_type, sparse=sparse))
         config = LoraConfig(r=2, lora_dropout=0.0, target_modules=t.target_modules,
                             target_parameters=t.target_parameters)
@@ -445,14 +445,14 @@ def test_roles_of_recorded_module_lists():
 
 
 def test_setting_role():
-    assert roles.setting_role(["attention_q", "attention_v"]) == "core"
-    assert roles.setting_role(["attention_qv", "keys"]) == "keys"
-    assert roles.setting_role(["attention_q", "attention_v", "keys_up", "keys_gate"]) == "keys"
-    assert roles.setting_role(["attention_qv", "values"]) == "values"
-    assert roles.setting_role(["attention_q", "keys_up", "values"]) == "other"
-    assert roles.setting_role(["attention_q", "other"]) == "other"
-    assert roles.setting_role(["keys_up"]) == "other" and roles.setting_role([]) == "other"
-    assert roles.setting_role({"c_attn": "attention_qv", "mlp.c_proj": "values"}) == "values"  # a {name: role}
+    assert arms.setting_role(["attention_q", "attention_v"]) == "core"
+    assert arms.setting_role(["attention_qv", "keys"]) == "keys"
+    assert arms.setting_role(["attention_q", "attention_v", "keys_up", "keys_gate"]) == "keys"
+    assert arms.setting_role(["attention_qv", "values"]) == "values"
+    assert arms.setting_role(["attention_q", "keys_up", "values"]) == "other"
+    assert arms.setting_role(["attention_q", "other"]) == "other"
+    assert arms.setting_role(["keys_up"]) == "other" and arms.setting_role([]) == "other"
+    assert arms.setting_role({"c_attn": "attention_qv", "mlp.c_proj": "values"}) == "values"  # a {name: role}
 
 
 # recorded Llama module lists -> (the report's setting name, its arm) as the original get_eval_tasks gave them
@@ -468,26 +468,26 @@ LLAMA_RECORDS = [
 
 def test_setting_labels_and_roles_on_llama_are_the_originals():
     for modules, label, arm in LLAMA_RECORDS:
-        assert roles.setting_label(modules) == label, modules
-        assert roles.setting_label(modules, model_type="llama") == label, modules
-        assert roles.setting_label(modules, roles.roles_of(modules, "llama")) == label, modules
-        assert roles.setting_role(roles.roles_of(modules)) == arm, modules
-    assert roles.setting_label(None, base=True) == "base (no adapter)"
+        assert arms.setting_label(modules) == label, modules
+        assert arms.setting_label(modules, model_type="llama") == label, modules
+        assert arms.setting_label(modules, roles.roles_of(modules, "llama")) == label, modules
+        assert arms.setting_role(roles.roles_of(modules)) == arm, modules
+    assert arms.setting_label(None, base=True) == "base (no adapter)"
 
 
 def test_setting_labels_use_recorded_roles():
     recorded = {"wq": "attention_q", "wv": "attention_v", "w2": "values"}  # a model type no table knows
-    assert roles.setting_label(["wq", "wv", "w2"], recorded) == "wq,wv+w2 (values)"
-    assert roles.setting_label(["wq", "wv", "w2"]) == "default+w2,wq,wv (other)"
+    assert arms.setting_label(["wq", "wv", "w2"], recorded) == "wq,wv+w2 (values)"
+    assert arms.setting_label(["wq", "wv", "w2"]) == "default+w2,wq,wv (other)"
 
 
 def test_setting_labels_elsewhere():
-    assert roles.setting_label(["c_attn", "c_fc"], model_type="gpt2") == "c_attn+c_fc (keys)"
-    assert roles.setting_label(["c_attn", "mlp.c_proj"], model_type="gpt2") == "c_attn+c_proj (values)"
-    assert roles.setting_label(["qkv_proj", "gate_up_proj"], model_type="phi3") == "qkv+gate_up (keys)"
-    assert roles.setting_label(["attn.v_proj", "q_proj", "fc_in"], model_type="gptj") == "q,v+fc_in (keys)"
+    assert arms.setting_label(["c_attn", "c_fc"], model_type="gpt2") == "c_attn+c_fc (keys)"
+    assert arms.setting_label(["c_attn", "mlp.c_proj"], model_type="gpt2") == "c_attn+c_proj (values)"
+    assert arms.setting_label(["qkv_proj", "gate_up_proj"], model_type="phi3") == "qkv+gate_up (keys)"
+    assert arms.setting_label(["attn.v_proj", "q_proj", "fc_in"], model_type="gptj") == "q,v+fc_in (keys)"
     t = roles.resolve(["attention_qv", "values"], meta("qwen2_moe"))
-    assert roles.setting_label(t.target_modules + t.target_parameters, t.roles) == "q,v+down,experts.down (values)"
+    assert arms.setting_label(t.target_modules + t.target_parameters, t.roles) == "q,v+down,experts.down (values)"
 
 
 def test_tiny_model_folders_load_and_run(tmp_path):

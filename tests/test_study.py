@@ -2,23 +2,32 @@
 evaluating again what changed) and its dry run. Runs nothing heavy: launch.run_all is replaced where a test
 would train."""
 
+import dataclasses
 import json
 import os
 
 import pytest
 
-import llama2_classification_multi_tasks_inference as inference
 import study
 import utils
-from common import UserError
+from keys_values import config, models
+from keys_values.evaluation.plan import plan_evaluation
+from keys_values.experiment import layout
+from keys_values.study import recipe
+from keys_values.study.plan import StudyPlan
 from test_report import fake_run
+from utils import UserError
 
 TASKS = ["boolq", "CB"]
 
 
+def parse(argv):
+    return recipe.parse(study.build_parser(), argv)
+
+
 def plan(root, *extra):
-    own, argv, _ = study.parse_args(["--tasks", *TASKS, "--output_root", root, "--max_test_samples", "3", *extra])
-    return study.Plan(own, argv)
+    own, argv, _ = parse(["--tasks", *TASKS, "--output_root", root, "--max_test_samples", "3", *extra])
+    return StudyPlan(own, argv, study.SCRIPTS)
 
 
 def finished_study(root, seeds, *extra):
@@ -29,41 +38,43 @@ def finished_study(root, seeds, *extra):
 
     def metrics(exp, eval_argv, record):
         fake_run(root, ",".join(TASKS), os.path.basename(exp), record, right)
-        _, _, _, _, _, _, _, folder, ids = inference.prepare(inference.parse_args(eval_argv))
+        evaluation = plan_evaluation(config.evaluation_config(eval_argv))
+        folder, ids = evaluation.metrics_folder, evaluation.identities
         if folder != "metrics":
             os.replace(os.path.join(exp, "metrics"), os.path.join(exp, folder))
         for t in TASKS:
-            m = json.load(open(utils.metrics_path(exp, t, folder)))
-            utils.write_json(utils.metrics_path(exp, t, folder), {**m, "identity": ids[t]})
+            m = json.load(open(layout.metrics_path(exp, t, folder)))
+            utils.write_json(layout.metrics_path(exp, t, folder), {**m, "identity": ids[t]})
 
     base_argv = p.base_evaluation()
-    base = utils.base_dir(root, TASKS, p.t.pretrained_ckpt)
+    base = layout.base_dir(root, TASKS, p.t.pretrained_ckpt)
     metrics(base, base_argv, {"kind": "base", "args": {}})
     for r in p.runs:
-        record = {"kind": "lora", "target_modules": study.train.adapted_names(r["res"]), "trainable_params": 1,
-                  "module_roles": dict(r["res"].roles), "identity": r["ident"], "args": vars(r["args"])}
-        metrics(r["folder"], ["--experiment_dir", r["folder"], *study.evaluation_flags(p.own)], record)
+        record = {"kind": "lora", "target_modules": r.plan.adapted_names, "trainable_params": 1,
+                  "module_roles": dict(r.plan.targets.roles), "identity": r.plan.identity,
+                  "args": dataclasses.asdict(r.plan.config)}
+        metrics(r.folder, p.run_evaluation(r), record)
     return p
 
 
 def test_the_small_recipe_applies_to_the_embedded_model_only():
-    own, argv, why = study.parse_args([])
-    t = study.train.parse_args(argv)
+    own, argv, why = parse([])
+    t = config.training_config(argv)
     assert (t.pretrained_ckpt, t.epochs, t.loss_on, t.learning_rate, t.per_device_train_batch_size,
-            t.gradient_accumulation_steps, t.tasks) == (utils.EMBEDDED_MODEL, 3, "completion", 2e-3, 4, 1,
+            t.gradient_accumulation_steps, t.tasks) == (config.EMBEDDED_MODEL, 3, "completion", 2e-3, 4, 1,
                                                         ["boolq", "COPA", "CB"])
     assert "small study" in why
-    _, argv, why = study.parse_args(["--pretrained_ckpt", "NousResearch/Llama-2-7b-hf", "--bnb", "--data_root", "data"])
-    t = study.train.parse_args(argv)  # any other model: the training script's defaults, the original's
+    _, argv, why = parse(["--pretrained_ckpt", "NousResearch/Llama-2-7b-hf", "--bnb", "--data_root", "data"])
+    t = config.training_config(argv)  # any other model: the training script's defaults, the original's
     assert (t.epochs, t.loss_on, t.learning_rate, t.per_device_train_batch_size, t.gradient_accumulation_steps,
             t.max_seq_length, t.tasks) == (5, "all", 2e-4, 32, 2, 512, ["20_Newsgroups_Fixed"])
     assert "original" in why
 
 
 def test_a_flag_given_replaces_the_recipes_and_abbreviations_count(tmp_path):
-    _, argv, _ = study.parse_args(["--tasks", "CB", "--lora_r", "4", "--learning_rate", "1e-4", "--epoch", "2",
-                                   "--gradient_checkpointing", "--output_root", str(tmp_path)])
-    t = study.train.parse_args(argv)
+    _, argv, _ = parse(["--tasks", "CB", "--lora_r", "4", "--learning_rate", "1e-4", "--epoch", "2",
+                        "--gradient_checkpointing", "--output_root", str(tmp_path)])
+    t = config.training_config(argv)
     assert (t.lora_r, t.learning_rate, t.epochs, t.gradient_checkpointing, t.loss_on) == (4, 1e-4, 2, True, "completion")
     assert argv.count("--learning_rate") == 1 and "2e-3" not in argv and "--epochs" not in argv  # --epoch replaced it
 
@@ -94,8 +105,8 @@ def test_default_settings_are_the_four_arms_in_role_words(tmp_path):
     p = plan(str(tmp_path))
     assert p.settings == [["attention_qv"], ["attention_qv", "keys_up"], ["attention_qv", "keys_gate"],
                           ["attention_qv", "values"]]
-    assert [r["args"].target_modules for r in p.runs] == p.settings
-    assert [os.path.basename(r["folder"]).split("-")[6] for r in p.runs] == [  # on Llama: the original's folders
+    assert [r.plan.config.target_modules for r in p.runs] == p.settings
+    assert [os.path.basename(r.folder).split("-")[6] for r in p.runs] == [  # on Llama: the original's folders
         "q_proj,v_proj", "q_proj,v_proj,up_proj", "q_proj,v_proj,gate_proj", "q_proj,v_proj,down_proj"]
 
 
@@ -132,8 +143,8 @@ def test_a_changed_recipe_is_a_new_run_not_the_finished_one(tmp_path, monkeypatc
     root = str(tmp_path)
     first = finished_study(root, [42], "--max_steps", "1")
     again = plan(root, "--max_steps", "2", "--learning_rate", "1e-4")
-    assert all(r["state"] == "new" for r in again.runs)
-    assert {r["folder"] for r in again.runs}.isdisjoint(r["folder"] for r in first.runs)
+    assert all(r.state == "new" for r in again.runs)
+    assert {r.folder for r in again.runs}.isdisjoint(r.folder for r in first.runs)
     launched = []
     monkeypatch.setattr(study.launch, "run_all", lambda runs, *a, **k: launched.extend(runs) or [])
     study.main(["--tasks", *TASKS, "--output_root", root, "--max_test_samples", "3", "--max_steps", "2",
@@ -144,7 +155,7 @@ def test_a_changed_recipe_is_a_new_run_not_the_finished_one(tmp_path, monkeypatc
 
 def test_dry_run_writes_nothing_and_loads_no_weights(tmp_path, monkeypatch, capsys):
     root = tmp_path / "out"
-    monkeypatch.setattr(utils, "load_base", lambda *a, **k: (_ for _ in ()).throw(AssertionError("weights loaded")))
+    monkeypatch.setattr(models, "load_base", lambda *a, **k: (_ for _ in ()).throw(AssertionError("weights loaded")))
     monkeypatch.setattr(study.launch, "run_all", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
     before = sorted(tmp_path.rglob("*"))
     study.main(["--tasks", "CB", "--output_root", str(root), "--seeds", "1", "2", "--dry_run"])

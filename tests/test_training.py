@@ -4,18 +4,17 @@ loss and gradients as the model's own output layer and loss; the plan of a run m
 import pytest
 import torch
 
-import llama2_classification_multi_tasks as train
-import memory
-import utils
 from conftest import small_llama
+from keys_values import config, lora, memory, models, packing, precision
+from keys_values.loss import OutputLayerInTheLoss
 
 
 @pytest.fixture
 def model(tmp_path):
     folder = small_llama(tmp_path, layers=2)
-    prec = utils.precision("fp32", False, "train", bf16_cpu=False)
-    args = train.parse_args(["--tasks", "CB", "--target_modules", "q_proj", "v_proj", "up_proj", "--dropout", "0"])
-    m = train.add_lora(utils.load_base(folder, prec, utils.placement(0, False)), args, prec)
+    prec = precision.precision("fp32", False, "train", bf16_cpu=False)
+    args = config.training_config(["--tasks", "CB", "--target_modules", "q_proj", "v_proj", "up_proj", "--dropout", "0"])
+    m = lora.add_lora(models.load_base(folder, prec, precision.placement(0, False)), args, prec)
     for name, p in m.named_parameters():
         if "lora_B" in name:  # LoRA starts as a no-op; give it weight so that its gradients are not trivial
             torch.nn.init.normal_(p, std=0.05)
@@ -40,13 +39,12 @@ def test_chunked_loss_equals_the_models_own(model, monkeypatch, completion):
     expected = grads(model)
     model.zero_grad()
     head = model.get_base_model().get_output_embeddings()
-    loss, restore = train.output_layer_in_the_loss(model)
-    hidden = model(input_ids=ids).logits
-    assert hidden.shape[-1] == model.config.hidden_size  # the model now returns its final hidden states
-    assert model.get_base_model().get_output_embeddings() is head  # the layer stays in the model (FSDP shards it)
-    ours = loss(model(input_ids=ids), labels)
-    ours.backward()
-    restore()
+    with OutputLayerInTheLoss(model) as loss:
+        hidden = model(input_ids=ids).logits
+        assert hidden.shape[-1] == model.config.hidden_size  # the model now returns its final hidden states
+        assert model.get_base_model().get_output_embeddings() is head  # the layer stays in the model (FSDP shards it)
+        ours = loss(model(input_ids=ids), labels)
+        ours.backward()
     assert model(input_ids=ids).logits.shape[-1] == model.config.vocab_size
     assert ours.item() == pytest.approx(reference.item(), abs=1e-5)
     for name, g in grads(model).items():
@@ -55,19 +53,18 @@ def test_chunked_loss_equals_the_models_own(model, monkeypatch, completion):
 
 def test_chunked_loss_normalises_by_the_trainers_token_count(model):
     ids = torch.randint(0, model.config.vocab_size, (2, 16))
-    loss, restore = train.output_layer_in_the_loss(model)
-    out = model(input_ids=ids)
-    mean = loss(out, ids)
-    total = loss(out, ids, num_items_in_batch=torch.tensor(2 * 15 * 4))  # e.g. 4 accumulated batches
-    restore()
+    with OutputLayerInTheLoss(model) as loss:
+        out = model(input_ids=ids)
+        mean = loss(out, ids)
+        total = loss(out, ids, num_items_in_batch=torch.tensor(2 * 15 * 4))  # e.g. 4 accumulated batches
     assert total.item() == pytest.approx(mean.item() / 4, rel=1e-6)
 
 
 @pytest.mark.parametrize("blocks,batch,accum,epochs,steps", [(60, 4, 1, 3, 45), (61, 4, 1, 1, 16), (68, 32, 2, 5, 10),
                                                               (5, 4, 16, 2, 2)])
 def test_optimizer_steps_as_the_trainer_counts_them(blocks, batch, accum, epochs, steps):
-    args = train.parse_args(["--tasks", "CB", "--per_device_train_batch_size", str(batch),
+    args = config.training_config(["--tasks", "CB", "--per_device_train_batch_size", str(batch),
                              "--gradient_accumulation_steps", str(accum), "--epochs", str(epochs)])
-    assert train.optimizer_steps(blocks, args) == steps
+    assert packing.optimizer_steps(blocks, args) == steps
     args.max_steps = 7
-    assert train.optimizer_steps(blocks, args) == 7
+    assert packing.optimizer_steps(blocks, args) == 7

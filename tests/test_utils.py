@@ -8,30 +8,31 @@ import random
 
 import pytest
 
-import llama2_classification_multi_tasks as train
-import identity
 import prompts
 import utils
-from common import UserError
 from conftest import MODEL, SAMPLE
+from keys_values import config, data, identity, models, packing, precision, scoring
+from keys_values.experiment import layout, records
+from keys_values.training import trainer
 from prompts import TASKS
+from utils import UserError
 
 
 def ident(**changes):
     """The identity of the original's paper run (4-bit, q,v,up on two tasks) with `changes`."""
-    args = train.parse_args(["--tasks", "20_Newsgroups_Fixed", "boolq", "--bnb"])
+    args = config.training_config(["--tasks", "20_Newsgroups_Fixed", "boolq", "--bnb"])
     base = identity.training(args, ["q_proj", "v_proj", "up_proj"], "bf16", 1, "d" * 12)
     return {**base, **changes}
 
 
 def test_the_originals_settings_keep_the_originals_folder_name():
-    assert utils.experiment_dir("experiments", ident()) == (
+    assert layout.experiment_dir("experiments", ident()) == (
         "experiments/20_Newsgroups_Fixed,boolq/classification-sampleFraction-0.99_epochs-5_rank-8_dropout-0.1-"
         "q_proj,v_proj,up_proj-4bit")
     standard = ident(bnb=False, per_device_train_batch_size=4, gradient_accumulation_steps=16, target_modules=None,
                      tasks=["CB"], train_sample_fraction=0.5, epochs=1, lora_r=4, dropout=0.0)
-    assert utils.experiment_dir("e", standard) == "e/CB/classification-sampleFraction-0.5_epochs-1_rank-4_dropout-0.0-standard"
-    named = utils.experiment_dir("e", ident(loss_on="completion", shorten_to_block=True, max_steps=3, seed=43))
+    assert layout.experiment_dir("e", standard) == "e/CB/classification-sampleFraction-0.5_epochs-1_rank-4_dropout-0.0-standard"
+    named = layout.experiment_dir("e", ident(loss_on="completion", shorten_to_block=True, max_steps=3, seed=43))
     assert named.endswith("-q_proj,v_proj,up_proj-loss-completion-shortened-steps3-seed43-4bit")
 
 
@@ -43,10 +44,10 @@ RECIPE_CHANGES = {"model": "SmolLM2-135M-Instruct", "max_samples": 100, "per_dev
 
 @pytest.mark.parametrize("key,value", RECIPE_CHANGES.items())
 def test_every_recipe_setting_changes_the_folder_by_a_stable_suffix(key, value):
-    base = identity.folder_name(ident())
-    changed = identity.folder_name(ident(**{key: value}))
+    base = layout.folder_name(ident())
+    changed = layout.folder_name(ident(**{key: value}))
     assert changed != base and changed.startswith(base[: -len("-4bit")]) and changed.endswith("-4bit")
-    assert changed == identity.folder_name(ident(**{key: value}))  # stable
+    assert changed == layout.folder_name(ident(**{key: value}))  # stable
     suffix = changed[len(base) - len("-4bit"): -len("-4bit")]
     assert len(suffix) == len("-h12345678") and identity.hashed_part(ident(**{key: value}))[0] == {key: value}
 
@@ -64,9 +65,9 @@ def test_every_training_setting_is_in_the_identity_and_compared():
 
 
 def test_tasks_of_either_folder_name():
-    assert utils.tasks_of_folder("boolq,CB") == ["boolq", "CB"]
-    assert utils.tasks_of_folder("['boolq', 'CB']") == ["boolq", "CB"]  # the original's list repr
-    assert utils.tasks_of_folder("['broken") == []
+    assert layout.tasks_of_folder("boolq,CB") == ["boolq", "CB"]
+    assert layout.tasks_of_folder("['boolq', 'CB']") == ["boolq", "CB"]  # the original's list repr
+    assert layout.tasks_of_folder("['broken") == []
 
 
 # ---- tokenising whole texts and packing them ------------------------------------------------------------
@@ -79,7 +80,7 @@ def toy_encoded():
 
 def test_pack_cuts_the_stream_and_drops_the_last_incomplete_block():
     encoded = toy_encoded()
-    blocks = utils.pack(encoded, block_size=4, pad_id=0, loss_on="all", seed=3)
+    blocks = packing.pack(encoded, block_size=4, pad_id=0, loss_on="all", seed=3)
     assert len(blocks) == 4 and all(b["attention_mask"] == [1] * 4 for b in blocks)  # 17 tokens: 4 blocks, 1 dropped
     flat = [t for b in blocks for t in b["input_ids"]]
     order = [e for e in encoded]
@@ -87,18 +88,18 @@ def test_pack_cuts_the_stream_and_drops_the_last_incomplete_block():
     assert flat == [t for ids, _ in order for t in ids][:16]  # the texts one after another, cut anywhere
     for b in blocks:  # 'all': the labels are the inputs
         assert b["labels"] == b["input_ids"]
-    padded = utils.pack(encoded, 4, 0, seed=3, drop_last=False)  # --shorten_to_block keeps and pads it
+    padded = packing.pack(encoded, 4, 0, seed=3, drop_last=False)  # --shorten_to_block keeps and pads it
     assert len(padded) == 5 and padded[-1]["attention_mask"] == [1, 0, 0, 0] and padded[-1]["labels"][1:] == [-100] * 3
 
 
 def test_pack_shuffles_with_the_seed():
     encoded = [([i, 2], [0, 1]) for i in range(10, 40)]
-    a = utils.pack(encoded, 8, 0, seed=1)
-    assert a == utils.pack(encoded, 8, 0, seed=1) and a != utils.pack(encoded, 8, 0, seed=2)
+    a = packing.pack(encoded, 8, 0, seed=1)
+    assert a == packing.pack(encoded, 8, 0, seed=1) and a != packing.pack(encoded, 8, 0, seed=2)
 
 
 def test_completion_mask_across_block_boundaries():
-    blocks = utils.pack(toy_encoded(), block_size=4, pad_id=0, loss_on="completion", seed=3, drop_last=False)
+    blocks = packing.pack(toy_encoded(), block_size=4, pad_id=0, loss_on="completion", seed=3, drop_last=False)
     flat_ids = [t for b in blocks for t in b["input_ids"]]
     flat_labels = [t for b in blocks for t in b["labels"]]
     answer_tokens = {30, 31, 32, 33, 2}
@@ -128,15 +129,15 @@ def sentencepiece_tokenizer(tmp_path):
 
 
 def sample_examples(n=12):
-    return {name: prompts.load(TASKS[name], SAMPLE, "train", n)[0] for name in ("boolq", "COPA", "CB")}
+    return {name: data.load(TASKS[name], SAMPLE, "train", n)[0] for name in ("boolq", "COPA", "CB")}
 
 
 @pytest.mark.parametrize("which", ["embedded", "sentencepiece"])
 def test_training_texts_are_tokenised_whole_as_the_original(which, tmp_path):
-    tok = utils.load_tokenizer(MODEL) if which == "embedded" else sentencepiece_tokenizer(tmp_path)
+    tok = models.load_tokenizer(MODEL) if which == "embedded" else sentencepiece_tokenizer(tmp_path)
     per_task = sample_examples()
-    args = train.parse_args(["--tasks", "boolq", "COPA", "CB", "--max_seq_length", "64", "--loss_on", "completion"])
-    blocks = train.training_blocks(per_task, tok, args)
+    args = config.training_config(["--tasks", "boolq", "COPA", "CB", "--max_seq_length", "64", "--loss_on", "completion"])
+    blocks = packing.training_blocks(per_task, tok, args)
     texts = [(prompts.prompt_text(TASKS[n], e.fields), e.label) for n, es in per_task.items() for e in es]
     random.Random(args.seed).shuffle(texts)
     stream, mask = [], []
@@ -159,30 +160,30 @@ def test_training_texts_are_tokenised_whole_as_the_original(which, tmp_path):
 
 
 def test_shorten_to_block_keeps_every_text_within_a_block_with_its_label():
-    tok = utils.load_tokenizer(MODEL)
+    tok = models.load_tokenizer(MODEL)
     task = TASKS["20_Newsgroups_Fixed"]
     per_task = {task.name: [prompts.Example({"text": "word " * 3000}, "sci.space", ("sci.space",))] * 3}
-    args = train.parse_args(["--tasks", task.name, "--max_seq_length", "64", "--shorten_to_block"])
-    blocks = train.training_blocks(per_task, tok, args)
+    args = config.training_config(["--tasks", task.name, "--max_seq_length", "64", "--shorten_to_block"])
+    blocks = packing.training_blocks(per_task, tok, args)
     text = tok.decode([t for t, m in zip(blocks[0]["input_ids"], blocks[0]["attention_mask"]) if m])
     assert text.startswith("### Sentence:word") and text.count("### Class:sci.space<|im_end|>") >= 1
     assert len(blocks) == 3 and blocks[-1]["attention_mask"][-1] == 0  # one text a block, the last padded
-    args = train.parse_args(["--tasks", task.name, "--max_seq_length", "64"])  # the stream: long texts continue
-    assert len(train.training_blocks(per_task, tok, args)) > 100
+    args = config.training_config(["--tasks", task.name, "--max_seq_length", "64"])  # the stream: long texts continue
+    assert len(packing.training_blocks(per_task, tok, args)) > 100
 
 
 def test_long_prompts_are_shortened_in_the_text_field_never_the_cue():
-    tok = utils.load_tokenizer(MODEL)
+    tok = models.load_tokenizer(MODEL)
     task = TASKS["20_Newsgroups_Fixed"]
-    fields, ids = utils.fit_prompt(tok, task, {"text": "word " * 3000}, budget=100)
+    fields, ids = packing.fit_prompt(tok, task, {"text": "word " * 3000}, budget=100)
     assert len(ids) <= 100 and tok.decode(ids).endswith(" ### Class:") and tok.decode(ids).startswith("### Sentence:word")
     assert ids == tok(prompts.prompt_text(task, fields))["input_ids"]
 
 
 def test_target_module_names_checked_against_the_model():
-    import roles
+    from keys_values import roles
 
-    model = utils.meta_model(utils.load_config(MODEL))
+    model = models.meta_model(models.load_config(MODEL))
     res = roles.resolve(["q_proj", "v_proj", "gate_proj"], model)
     assert res.target_modules == ["q_proj", "v_proj", "gate_proj"] and len(res.paths) == 3 * 30
     with pytest.raises(UserError, match="unknown target module 'up_prj'; this model's linear modules are: down_proj"):
@@ -191,13 +192,13 @@ def test_target_module_names_checked_against_the_model():
 
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(UserError, match="no such model folder"):
-        utils.resolve_checkpoint(str(tmp_path / "nope"))
+        models.resolve_checkpoint(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="run `make model`"):
-        utils.resolve_checkpoint(str(tmp_path / utils.EMBEDDED_MODEL))
+        models.resolve_checkpoint(str(tmp_path / config.EMBEDDED_MODEL))
     with pytest.raises(UserError, match="no config.json"):
-        utils.resolve_checkpoint(str(tmp_path))
+        models.resolve_checkpoint(str(tmp_path))
     with pytest.raises(UserError, match="cannot load it"):  # a hub id while offline
-        utils.load_config("NoSuchOrg/no-such-model-xyz")
+        models.load_config("NoSuchOrg/no-such-model-xyz")
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------
@@ -205,7 +206,7 @@ def test_checkpoint_errors(tmp_path):
 def test_metrics_on_a_hand_computed_example():
     gold = [("true",), ("true",), ("false",), ("true",)]
     preds = ["true", "false", "false", "maybe"]
-    m = utils.metrics(gold, preds, ["true", "false", "False", "maybe"], ["true", "false"])
+    m = scoring.metrics(gold, preds, ["true", "false", "False", "maybe"], ["true", "false"])
     assert m["accuracy"] == 0.5 and m["accuracy_strict"] == 0.25
     assert m["micro_f1"] == m["precision"] == m["recall"] == 0.5
     # macro F1 over the labels that occur: true P=1 R=1/3 -> 1/2; false P=1/2 R=1 -> 2/3; maybe 0
@@ -217,18 +218,18 @@ def test_metrics_on_a_hand_computed_example():
 
 
 def test_squad_scores_as_the_official_script():
-    assert utils.squad_normalize("The  Eiffel-Tower!") == "eiffeltower"  # punctuation removed, not spaced
-    assert utils.squad_scores("The Eiffel tower!", ["eiffel tower"]) == (1.0, 1.0)
-    em, f1 = utils.squad_scores("red apples and pears", ["green apples"])
+    assert scoring.squad_normalize("The  Eiffel-Tower!") == "eiffeltower"  # punctuation removed, not spaced
+    assert scoring.squad_scores("The Eiffel tower!", ["eiffel tower"]) == (1.0, 1.0)
+    em, f1 = scoring.squad_scores("red apples and pears", ["green apples"])
     assert em == 0.0 and f1 == pytest.approx(2 * (1 / 4) * (1 / 2) / (1 / 4 + 1 / 2))
     # several golds: the maximum of each score over them (EM from one gold, F1 possibly from another)
-    em, f1 = utils.squad_scores("the old town", ["old town hall", "The Old Town.", "new town"])
+    em, f1 = scoring.squad_scores("the old town", ["old town hall", "The Old Town.", "new town"])
     assert em == 1.0 and f1 == 1.0  # the second gold matches exactly; against the first alone: EM 0, F1 0.8
-    assert utils.squad_scores("the old town", ["old town hall"]) == (0.0, pytest.approx(0.8))
-    em, f1 = utils.squad_scores("old harbour", ["old town hall", "harbour", "new town"])
+    assert scoring.squad_scores("the old town", ["old town hall"]) == (0.0, pytest.approx(0.8))
+    em, f1 = scoring.squad_scores("old harbour", ["old town hall", "harbour", "new town"])
     assert em == 0.0 and f1 == pytest.approx(2 * (1 / 2) * 1 / (1 / 2 + 1))  # 'harbour': P 1/2, R 1
-    assert utils.squad_scores("", ["x"]) == (0.0, 0.0) and utils.squad_scores("a", ["the"]) == (1.0, 1.0)
-    m = utils.metrics([("rice",), ("fish", "fish soup")], ["rice", "the fish soup"], ["rice", "the fish soup"])
+    assert scoring.squad_scores("", ["x"]) == (0.0, 0.0) and scoring.squad_scores("a", ["the"]) == (1.0, 1.0)
+    m = scoring.metrics([("rice",), ("fish", "fish soup")], ["rice", "the fish soup"], ["rice", "the fish soup"])
     assert m["exact_match"] == 1.0 and m["f1"] == 1.0 and m["accuracy"] == 0.5  # accuracy: the first gold only
 
 
@@ -251,18 +252,18 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
 
 def test_read_experiment_errors(tmp_path):
     with pytest.raises(UserError, match="holds no training run"):
-        utils.read_experiment(str(tmp_path))
+        records.read_experiment(str(tmp_path))
     (tmp_path / "checkpoint-2").mkdir()
     with pytest.raises(UserError, match="its training did not finish .*--resume"):
-        utils.read_experiment(str(tmp_path))
+        records.read_experiment(str(tmp_path))
     (tmp_path / "checkpoint-2").rmdir()
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / "adapter_config.json").write_text("{not json")
     with pytest.raises(UserError, match="adapter_config.json is corrupt"):
-        utils.read_experiment(str(tmp_path))
+        records.read_experiment(str(tmp_path))
     (tmp_path / "assets" / "adapter_config.json").write_text('{"target_modules": ["q_proj"]}')
     with pytest.raises(UserError, match="no experiment.json and its name is not the original's"):
-        utils.read_experiment(str(tmp_path))
+        records.read_experiment(str(tmp_path))
 
 
 def test_a_folder_written_by_the_original_is_read_from_its_names(tmp_path):
@@ -272,7 +273,7 @@ def test_a_folder_written_by_the_original_is_read_from_its_names(tmp_path):
     (exp / "assets" / "adapter_config.json").write_text(json.dumps(
         {"base_model_name_or_path": "NousResearch/Llama-2-7b-hf", "target_modules": ["v_proj", "up_proj", "q_proj"]}))
     (exp / "4194304_total_3504607232.txt").write_text("4194304\n3504607232\n0.0012\n")
-    rec = utils.read_experiment(str(exp))
+    rec = records.read_experiment(str(exp))
     assert rec["layout"] == "original" and rec["trainable_params"] == 4194304 and rec["total_params"] == 3504607232
     a = rec["args"]
     assert a["tasks"] == ["boolq", "CB"] and a["bnb"] is True and a["pretrained_ckpt"] == "NousResearch/Llama-2-7b-hf"
@@ -281,7 +282,7 @@ def test_a_folder_written_by_the_original_is_read_from_its_names(tmp_path):
     standard = tmp_path / "x" / "classification-sampleFraction-0.5_epochs-1_rank-4_dropout-0.0-standard"
     (standard / "assets").mkdir(parents=True)
     (standard / "assets" / "adapter_config.json").write_text('{"target_modules": ["q_proj"]}')
-    assert utils.read_experiment(str(standard))["args"]["bnb"] is False
+    assert records.read_experiment(str(standard))["args"]["bnb"] is False
 
 
 # ---- precision and placement ---------------------------------------------------------------------------------
@@ -301,7 +302,7 @@ def test_a_folder_written_by_the_original_is_read_from_its_names(tmp_path):
 def test_precision_on_a_cpu(dtype, bnb, purpose, cpu_bf16, expected):
     if __import__("torch").cuda.is_available():
         pytest.skip("a CPU's rules")
-    p = utils.precision(dtype, bnb, purpose, bf16_cpu=cpu_bf16)
+    p = precision.precision(dtype, bnb, purpose, bf16_cpu=cpu_bf16)
     assert (p.dtype, p.autocast, p.weights) == expected and p.bnb == bnb and not p.tf32 and p.why
 
 
@@ -309,27 +310,27 @@ def test_precision_on_a_cpu(dtype, bnb, purpose, cpu_bf16, expected):
 def test_auto_trains_in_bf16_where_the_probe_measures_it_faster(monkeypatch, speedup, chosen):
     if __import__("torch").cuda.is_available():
         pytest.skip("a CPU's rules")
-    monkeypatch.setattr(utils, "cpu_bf16_speedup", lambda shape=None, cache=True: speedup)
-    p = utils.precision("auto", False, "train")
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda shape=None, cache=True: speedup)
+    p = precision.precision("auto", False, "train")
     assert p.dtype == chosen and f"{speedup}x" in p.why  # the measurement is the reason, recorded
-    assert utils.precision("auto", False, "generate").dtype == "fp32"
+    assert precision.precision("auto", False, "generate").dtype == "fp32"
 
 
 def test_the_bf16_probe_measures_this_cpu_and_remembers(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(utils, "_probes", {})
-    ratio = utils.cpu_bf16_speedup((256, 128, 384))
+    monkeypatch.setattr(precision, "_probes", {})
+    ratio = precision.cpu_bf16_speedup((256, 128, 384))
     assert ratio > 0
     assert (tmp_path / "kv-lora" / "bf16-probe.json").is_file()
-    monkeypatch.setattr(utils, "_probes", {})  # another process on this machine: the same answer, not measured again
+    monkeypatch.setattr(precision, "_probes", {})  # another process on this machine: the same answer, not measured again
     monkeypatch.setattr("torch.randn", lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured again")))
-    assert utils.cpu_bf16_speedup((256, 128, 384)) == ratio
+    assert precision.cpu_bf16_speedup((256, 128, 384)) == ratio
 
 
 def test_precision_planned_for_a_gpu():
-    p = utils.precision("auto", True, "train", device="gpu")
+    p = precision.precision("auto", True, "train", device="gpu")
     assert (p.dtype, p.bnb, p.autocast, p.tf32) == ("bf16", True, True, True)  # the original's bf16 + tf32
-    assert utils.precision("auto", False, "generate", device="gpu").dtype == "bf16"
+    assert precision.precision("auto", False, "generate", device="gpu").dtype == "bf16"
 
 
 @pytest.mark.parametrize("gpus,distributed,rank,expected", [
@@ -340,14 +341,14 @@ def test_precision_planned_for_a_gpu():
     (0, True, 1, (None, 0, True)),
 ])
 def test_placement(gpus, distributed, rank, expected):
-    p = utils.placement(gpus, distributed, rank)
+    p = precision.placement(gpus, distributed, rank)
     assert (p.device_map, p.n_gpu, p.data_parallel) == expected and p.what
 
 
 def test_training_arguments_follow_precision_and_placement(tmp_path):
-    args = train.parse_args(["--tasks", "CB", "--bnb"])
-    targs = train.training_arguments(args, str(tmp_path), utils.precision("auto", True, "train", bf16_cpu=False),
-                                     utils.placement(0, False))
+    args = config.training_config(["--tasks", "CB", "--bnb"])
+    targs = trainer.training_arguments(args, str(tmp_path), precision.precision("auto", True, "train", bf16_cpu=False),
+                                     precision.placement(0, False))
     assert targs.use_cpu and targs.n_gpu == 0 and targs.optim == "adamw_torch" and not targs.bf16
     assert (targs.per_device_train_batch_size, targs.gradient_accumulation_steps) == (32, 2)  # the original's
     assert targs.lr_scheduler_type == "constant" and targs.max_grad_norm == 0.3 and targs.learning_rate == 2e-4
@@ -364,7 +365,7 @@ def test_the_identity_takes_every_recipe_flag_from_the_command_line():
     argv = ["--tasks", "CB", "--pretrained_ckpt", "some/Model-X", "--shorten_to_block", "--bnb"]
     for flag, (_, value) in given.items():
         argv += [flag, str(value)]
-    ident = identity.training(train.parse_args(argv), ["q_proj"], "fp32", 2, "f" * 12)
+    ident = identity.training(config.training_config(argv), ["q_proj"], "fp32", 2, "f" * 12)
     for flag, (key, value) in given.items():
         assert ident[key] == value, flag
     assert (ident["model"], ident["shorten_to_block"], ident["bnb"], ident["processes"], ident["dtype"], ident["data"],

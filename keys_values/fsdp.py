@@ -14,14 +14,13 @@ process's shard. Measured traps this module guards against (accelerate 1.15, tra
 - bitsandbytes' paged optimizers cannot step DTensors: the training script uses adamw_torch under FSDP.
 """
 
-import os
-
-from common import UserError
+from keys_values import environment
+from utils import UserError
 
 
 def requested():
     """`accelerate launch` with an FSDP config exports ACCELERATE_USE_FSDP=true to every process."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    return environment.fsdp_requested()
 
 
 def allow_on_cpu():

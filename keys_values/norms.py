@@ -16,8 +16,8 @@ import math
 import os
 import re
 
-from common import UserError
-from roles import layer_of, matches, natural
+from keys_values.structure import layer_of, matches, natural
+from utils import UserError
 
 PREFIX = "base_model.model."
 LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight")
@@ -214,7 +214,7 @@ def summarise(norms, model_type=None):
     update's norm (and of its relative norm, where `relative` added one; else None). The role: the rows' own
     "role" where they carry one (as recorded at training), else roles.roles_of(names, model_type). Ordered by
     role (attention, keys, values, other), then name."""
-    import roles
+    from keys_values import roles
 
     by_name = {}
     for row in norms:

@@ -57,44 +57,73 @@ def value_bytes(prec, cuda):
     return size, size, 1 if cuda else size, size
 
 
-def shapes(config):
+def shapes(config, ffn_width=None):
+    """The widths the estimate needs, from the config; the feed-forward's width from the model's structure
+    (`ffn_width`, model_widths) where the config does not call it intermediate_size (GPT-2's n_inner, OPT's
+    ffn_dim, Falcon's ffn_hidden_size...)."""
     d = config.hidden_size
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or d // heads
     kv = getattr(config, "num_key_value_heads", None) or heads
-    return {"d": d, "f": config.intermediate_size, "d_kv": kv * head_dim, "d_attn": heads * head_dim, "h": heads,
+    f = ffn_width or getattr(config, "intermediate_size", None) or 4 * d
+    return {"d": d, "f": f, "d_kv": kv * head_dim, "d_attn": heads * head_dim, "h": heads,
             "layers": config.num_hidden_layers, "vocab": config.vocab_size}
 
 
+def model_widths(model, adapted_paths):
+    """(feed-forward width, [input width of each module adapted in one decoder layer], products the MLP keeps
+    per token in units of its width) of a (meta-device) model, read from its structure and its roles (roles.py's
+    table or derivation): the same for every architecture, not Llama's names. `adapted_paths` are the full paths
+    LoRA adapts (roles.Targets.paths' first items)."""
+    from keys_values import roles, structure
+
+    all_parts = structure.parts(model)
+    kinds, _ = roles.kinds_of(model, all_parts)
+    values = [p for p in all_parts if kinds.get(p.rel) == "values"]
+    ffn = values[0].size[0] if values else None
+    gated = any(k in ("keys_up", "keys_gate", "keys_gate_up", "keys_gated") for k in kinds.values())
+    size = {p.path: p.size[0] for p in all_parts}
+    layers = [structure.layer_of(path) for path in adapted_paths if structure.layer_of(path) is not None]
+    first = min(layers) if layers else None
+    inputs = [size[path] for path in adapted_paths if path in size and structure.layer_of(path) == first]
+    return ffn, inputs, 3 if gated else 2
+
+
+LLAMA_INPUTS = {"q_proj": "d", "k_proj": "d", "v_proj": "d", "o_proj": "d_attn", "gate_proj": "d", "up_proj": "d",
+                "down_proj": "f"}
+
+
 def lora_inputs(s, targets):
-    """The input width of each adapted module of a layer."""
-    width = {"q_proj": s["d"], "k_proj": s["d"], "v_proj": s["d"], "o_proj": s["d_attn"], "gate_proj": s["d"],
-             "up_proj": s["d"], "down_proj": s["f"]}
-    return [width[t] for t in targets if t in width]
+    """The input width of each adapted module of a layer: `targets` is a list of widths (model_widths, any
+    architecture), or of Llama module names (for a config alone)."""
+    return [t if isinstance(t, int) else s[LLAMA_INPUTS[t]] for t in targets if isinstance(t, int) or t in LLAMA_INPUTS]
 
 
-def layer_activation_bytes(s, targets, r, dropout, prec, cuda):
-    """Bytes autograd saves per token for one decoder layer (whose input needs a gradient)."""
+def layer_activation_bytes(s, targets, r, dropout, prec, cuda, mlp_products=3):
+    """Bytes autograd saves per token for one decoder layer (whose input needs a gradient); `mlp_products` is 3
+    for a gated feed-forward (gate, its activation, up), 2 for an ungated one (first layer, its activation)."""
     act, mm, mask, _ = value_bytes(prec, cuda)
     norms = 2 * (4 * s["d"] + 4)
     attention = (s["d_attn"] * 2 + s["d_kv"] * 2) * mm + 4 * s["h"]
-    mlp = 3 * s["f"] * act
+    mlp = mlp_products * s["f"] * act
     lora = sum((mask * i if dropout > 0 else 0) + mm * i + mm * r for i in lora_inputs(s, targets))
     return norms + attention + mlp + lora
 
 
 def estimate(config, targets, lora_r, dropout, prec, cuda, batch, seq, gradient_checkpointing, counted_fraction,
-             trainable, weights, shards=1):
+             trainable, weights, shards=1, ffn_width=None, mlp_products=3):
     """The estimate's terms in bytes (see the module's docstring), and their total: the peak on one device.
     `weights` is (linear weights in the decoder layers, every other weight) and `counted_fraction` the share of
     positions whose loss is counted (1 for --loss_on all). `shards` > 1: FSDP over that many processes, each
     holding 1/shards of the weights, adapter and optimizer state, plus what FSDP gathers whole: one decoder
-    layer at a time, and the embeddings, final norm and output layer (kept gathered after their forward)."""
-    s = shapes(config)
+    layer at a time, and the embeddings, final norm and output layer (kept gathered after their forward).
+    `targets`, `ffn_width`, `mlp_products`: as model_widths gives them (Llama's module names do for a config
+    alone)."""
+    s = shapes(config, ffn_width)
     act, mm, _, residual = value_bytes(prec, cuda)
     tokens = batch * seq
     linear, other = weights
-    layer = layer_activation_bytes(s, targets, lora_r, dropout, prec, cuda) * tokens
+    layer = layer_activation_bytes(s, targets, lora_r, dropout, prec, cuda, mlp_products) * tokens
     if prec.autocast and not prec.bnb and getattr(prec, "weights", prec.dtype) == "fp32":
         layer += linear / s["layers"] * mm  # autocast's bf16 copy of each fp32 weight, kept for the backward pass
     outside = (4 * s["d"] + 4) * tokens  # the final norm's saved input

@@ -22,7 +22,8 @@ experts' gate and up halves are one parameter, so keys_up / keys_gate are refuse
 import re
 from dataclasses import dataclass
 
-from common import UserError
+from keys_values.structure import hidden_size, matches, natural, parts
+from utils import UserError
 
 ROLE_WORDS = ("keys", "keys_up", "keys_gate", "values", "attention_qv")
 ROLES = ("attention_q", "attention_v", "attention_qv", "keys_up", "keys_gate", "keys", "values", "other")
@@ -92,77 +93,6 @@ class Targets:
     derivation: str = None
 
 
-@dataclass(frozen=True)
-class Part:
-    path: str  # full module or parameter path
-    rel: str  # relative to its decoder block, "" outside one
-    layer: int  # the block's index, None outside one
-    size: tuple  # (in features, out features) of one expert
-    parameter: bool  # a 3D expert parameter (target_parameters), else a Linear / Conv1D module
-
-
-# ----------------------------------------------------------------------------------------------------
-# The model's parts
-
-
-def natural(path):
-    """Sort key: digit runs compared as numbers (layers.2 before layers.10)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
-
-
-def layer_of(path):
-    """The decoder block of a module path: its first all-digit part ('model.layers.3.mlp.up_proj' -> 3), or None."""
-    m = re.search(r"(?:^|\.)(\d+)(?:\.|$)", path)
-    return int(m[1]) if m else None
-
-
-def parts(model):
-    """Every Linear / Conv1D module and every 3D parameter (a fused experts' stack) of the model, lm_head left
-    out, as Parts. Linear sizes come from in_features/out_features (a 4-bit layer's weight is packed);
-    transformers' Conv1D stores its weight (in, out); a 3D parameter is (experts, out, in), or (experts, in,
-    out) where its module says is_transposed (peft's reading)."""
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    blocks = blocks_of(model)
-    out = []
-    for name, module in model.named_modules():
-        rel, layer = relative(name, blocks)
-        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] != "lm_head":
-            out.append(Part(name, rel, layer, (module.in_features, module.out_features), False))
-        elif isinstance(module, Conv1D):
-            out.append(Part(name, rel, layer, tuple(module.weight.shape), False))
-        for pname, p in module.named_parameters(recurse=False):
-            if p.dim() == 3:
-                e, a, b = p.shape
-                size = (a, b) if getattr(module, "is_transposed", False) else (b, a)
-                prel, _ = relative(f"{name}.{pname}", blocks)
-                out.append(Part(f"{name}.{pname}", prel, layer, size, True))
-    return out
-
-
-def blocks_of(model):
-    """Path of the ModuleList holding the decoder blocks: the one with the most parameters."""
-    import torch
-
-    lists = [(sum(p.numel() for p in m.parameters()), n) for n, m in model.named_modules()
-             if isinstance(m, torch.nn.ModuleList) and len(m)]
-    return max(lists)[1] if lists else None
-
-
-def relative(path, blocks):
-    """(path relative to its decoder block, block index) or ("", None) outside the blocks."""
-    if blocks is None:
-        return "", None
-    m = re.fullmatch(re.escape(blocks) + r"\.(\d+)(?:\.(.+))?", path)
-    return (m[2] or "", int(m[1])) if m else ("", None)
-
-
-def matches(path, name):
-    """peft's rule for a target name: the whole path, or its end after a dot."""
-    return path == name or path.endswith("." + name)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Which part plays which role: the table, or the structure
 
@@ -177,11 +107,6 @@ def kinds_of(model, all_parts=None):
         return {rel: kind for rel, kind in TABLE[model_type].items() if rel in present}, None
     kinds, text = derive(all_parts, hidden_size(model))
     return kinds, f"roles of model_type {model_type!r} derived from its structure: {text}"
-
-
-def hidden_size(model):
-    size = getattr(model.config, "hidden_size", None)
-    return size or model.get_input_embeddings().embedding_dim
 
 
 def is_attention(rel):
@@ -320,9 +245,12 @@ def peft_rewrites(model_type):
     qwen3_moe's gate_proj / up_proj into the parameter gate_up_proj (rank and alpha doubled) and down_proj into
     down_proj, whatever module the name meant. {} where peft has no such conversion."""
     try:
-        from peft.utils.transformers_weight_conversion import (_MODEL_TO_CONVERSION_PATTERN, _MOE_FUSED_TARGETS,
-                                                               _MOE_TARGET_MODULE_MAPPING,
-                                                               get_checkpoint_conversion_mapping)
+        from peft.utils.transformers_weight_conversion import (
+            _MODEL_TO_CONVERSION_PATTERN,
+            _MOE_FUSED_TARGETS,
+            _MOE_TARGET_MODULE_MAPPING,
+            get_checkpoint_conversion_mapping,
+        )
     except ImportError:
         return {}
     base = _MODEL_TO_CONVERSION_PATTERN.get(model_type)
@@ -459,76 +387,3 @@ def roles_of(modules, model_type=None):
                  if matches(rel, name) or matches(name, rel)}
         out[name] = found.pop() if len(found) == 1 else "other"
     return out
-
-
-def setting_role(roles):
-    """The study arm a set of adapted roles belongs to: 'core' (attention only), 'keys' (attention and some keys
-    role, no values), 'values' (attention and values, no keys), else 'other'. `roles`: {name: role} (as
-    Targets.roles or roles_of give it) or an iterable of roles."""
-    roles = set(roles.values() if isinstance(roles, dict) else roles)
-    attention = {r for r in roles if r.startswith("attention_")}
-    rest = roles - attention
-    if not attention or "other" in rest:
-        return "other"
-    if not rest:
-        return "core"
-    keys = {r for r in rest if SHORT_ROLE.get(r) == "keys"}
-    if keys == rest:
-        return "keys"
-    return "values" if rest == {"values"} else "other"
-
-
-def setting_label(modules, roles=None, model_type=None, base=False):
-    """A short readable name of a setting: 'base (no adapter)' with base=True; else the attention modules (q
-    before v, '_proj' dropped) then '+' the others sorted, with their roles: on Llama 'q,v', 'q,v+up (keys)',
-    'q,v+down (values)'; on GPT-2 'c_attn+c_fc (keys)', 'c_attn+c_proj (values)'. `roles`: {module: role} as
-    recorded (Targets.roles); names it lacks get roles_of(names, model_type)."""
-    if base:
-        return "base (no adapter)"
-    roles = {**roles_of(modules, model_type), **(roles or {})}
-    order = {"attention_q": 0, "attention_v": 1, "attention_qv": 2}
-    attention = sorted((m for m in modules if roles[m] in order), key=lambda m: (order[roles[m]], m))
-    extra = sorted(m for m in modules if m not in attention)
-    short = short_names(list(modules))
-    name = ",".join(short[m] for m in attention) or "default"
-    if extra:
-        kinds = sorted({SHORT_ROLE.get(roles[m], "other") for m in extra})
-        name += "+" + ",".join(short[m] for m in extra) + f" ({','.join(kinds)})"
-    return name
-
-
-def short_names(modules):
-    """{name: its last part without '_proj' (but GPT-2's c_proj: 'c' says nothing)}; names whose last parts
-    collide keep one more part."""
-    def short(m, k):
-        last = ".".join(m.split(".")[-k:])
-        return last if last.split(".")[-1] == "c_proj" else last.replace("_proj", "")
-
-    out = {m: short(m, 1) for m in modules}
-    for m in modules:
-        if "." in m and sum(short(o, 1) == out[m] for o in modules) > 1:
-            out[m] = short(m, 2)
-    return out
-
-
-def study_arms(model):
-    """[(arm, note)]: the study's four arms in role words (attention_qv; with keys_up; with keys_gate; with
-    values) as this architecture can run them. Where the feed-forward has no separate gate and up (a fused
-    gate_up layer, or no gate) the two keys arms become one, 'attention_qv keys', and the note says why; an arm
-    resolve() refuses on this model is (None, why it is left out); note is None for an arm as the study has it."""
-    kinds, _ = kinds_of(model)
-    model_type = getattr(model.config, "model_type", None)
-    why = half_problem("keys_up", model_type, kinds) or half_problem("keys_gate", model_type, kinds)
-    if why:
-        keys = [("attention_qv keys", f"{why}: one keys arm in place of keys_up and keys_gate")]
-    else:
-        keys = [("attention_qv keys_up", None), ("attention_qv keys_gate", None)]
-    return [runnable(arm, note, model) for arm, note in [("attention_qv", None), *keys, ("attention_qv values", None)]]
-
-
-def runnable(arm, note, model):
-    try:
-        resolve(arm.split(), model)
-    except UserError as e:
-        return None, f"{arm!r} left out: {e}"
-    return arm, note

