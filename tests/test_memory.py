@@ -15,7 +15,10 @@ import pytest
 import torch
 
 from conftest import MODEL, ROOT, SAMPLE, TRAIN
-from keys_values import config, lora, memory, models, precision
+from keys_values import config, lora, memory, models, precision, structure
+from tiny_models import MODEL_TYPES
+
+MOE = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 LLAMA2_7B = memory.LLAMA2_7B
 PAPER = ["--lora_r", "8", "--epochs", "5", "--dropout", "0.1", "--bnb", "--target_modules", "q_proj", "v_proj",
@@ -180,3 +183,45 @@ def test_dry_run_of_the_papers_command_on_llama2_7b(llama2_folder, tmp_path):
     assert no_gc["memory_estimate_bytes"]["total"] > 40 * memory.GIB and no_gc["fits_gib"]["80"] is False
     assert no_gc["memory_estimate_bytes"]["weights"] == plan["memory_estimate_bytes"]["weights"]
     print(f"dry run: {seconds:.1f} s")
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_dry_run_on_every_architecture_counts_its_lora_activations(model_type, tmp_path, capsys):
+    """--dry_run on a tiny model of every architecture the roles table knows: it plans (no missing config
+    attribute: GPT-2's n_inner, OPT's ffn_dim, Falcon's ffn_hidden_size...) and its activation term holds each
+    adapted module's dropout mask, input and rank-r projection, with the input widths read from the model."""
+    import llama2_classification_multi_tasks as train
+    from tiny_models import tiny_model_folder
+
+    # qwen3_moe's dense block (its last, mlp_only_layers) has names peft rewrites: one block of experts only
+    folder = tiny_model_folder(tmp_path, model_type, layers=1 if model_type == "qwen3_moe" else 2)
+    capsys.readouterr()
+    train.main(["--pretrained_ckpt", folder, "--data_root", SAMPLE, "--tasks", "CB", "--target_modules",
+                "attention_qv", "values", "--dropout", "0" if model_type in MOE else "0.1", "--max_samples", "8",
+                "--per_device_train_batch_size", "2", "--max_seq_length", "64", "--dtype", "fp32", "--dry_run",
+                "--output_root", str(tmp_path / "out")])
+    plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = models.meta_model(models.load_config(folder))
+    inputs = {}
+    for path, _ in plan["adapted"]:  # the input width of each adapted module or expert parameter, by hand
+        parent, _, leaf = path.rpartition(".")
+        try:
+            module = model.get_submodule(path)
+            width = module.in_features if isinstance(module, torch.nn.Linear) else module.weight.shape[0]  # Conv1D
+        except AttributeError:  # a 3D parameter of the experts: (experts, out, in), or (experts, in, out)
+            owner = model.get_submodule(parent)
+            width = getattr(owner, leaf).shape[1 if getattr(owner, "is_transposed", False) else 2]
+        inputs.setdefault(structure.layer_of(path), []).append(width)
+    widths = inputs[min(inputs)]
+    assert widths and all(w > 0 for w in widths)
+    prec = precision.precision("fp32", False, "train", bf16_cpu=False)
+    s = memory.shapes(model.config, memory.model_widths(model, [p for p, _ in plan["adapted"]])[0])
+    with_lora = memory.layer_activation_bytes(s, widths, 8, 0.1 if model_type not in MOE else 0, prec, False)
+    without = memory.layer_activation_bytes(s, [], 8, 0.1 if model_type not in MOE else 0, prec, False)
+    mask = 4 if model_type not in MOE else 0
+    assert with_lora - without == sum(mask * w + 4 * w + 4 * 8 for w in widths) > 0
+    layers, tokens = model.config.num_hidden_layers, 2 * 64
+    ffn, planned_inputs, products = memory.model_widths(model, [p for p, _ in plan["adapted"]])
+    assert sorted(planned_inputs) == sorted(widths) and ffn > 0
+    assert plan["memory_estimate_bytes"]["activations"] == layers * tokens * memory.layer_activation_bytes(
+        s, planned_inputs, 8, 0.1 if model_type not in MOE else 0, prec, False, products) + (4 * s["d"] + 4) * tokens

@@ -323,6 +323,16 @@ def test_blocks_in_which_nothing_is_predicted_are_left_out_and_said(tmp_path, ca
         packing.training_blocks(per_task, tok, args)
 
 
+def test_a_run_with_no_loss_logged_is_saved_and_says_so(model, data, tmp_path, monkeypatch, capsys):
+    """A history that does not cover the run's steps has no mean loss: the run is saved, and its last line says
+    that no loss was logged (formatting the missing mean once raised after the run was saved)."""
+    monkeypatch.setattr(callbacks, "train_loss_of", lambda history, step: None)
+    train.main(training(model, data, str(tmp_path), "--max_steps", "1"))
+    assert "no loss logged (mean over 1 steps); experiment saved in" in capsys.readouterr().out
+    record = json.load(open(os.path.join(only_dir(str(tmp_path)), "experiment.json")))
+    assert record["train_loss"] is None and record["global_step"] == 1
+
+
 def test_a_mean_training_loss_that_is_not_finite_never_finishes_a_run(model, data, tmp_path, monkeypatch, capsys):
     """The last guard: whatever made the logged loss NaN, the run is not recorded as finished."""
     from utils import run_main
