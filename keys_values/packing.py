@@ -15,10 +15,35 @@ class TooLong(Exception):
     which field is the problem (the longest other field, with its length in tokens)."""
 
 
+def longest_token(tok):
+    """The most characters one token of this tokenizer stands for (its longest vocabulary entry, read once)."""
+    key = id(tok)
+    if key not in _LONGEST:
+        _LONGEST[key] = max((len(t) for t in tok.get_vocab()), default=1) or 1
+    return _LONGEST[key]
+
+
+_LONGEST = {}
+
+
+def precut(text, budget, tok):
+    """A text far longer than `budget` tokens cut at a space after budget x (the longest token's characters),
+    twice over: its first `budget` tokens are those of the whole text, and a 2.8 MB row is not tokenised whole
+    three times to keep a few hundred of its tokens."""
+    limit = 2 * budget * longest_token(tok)
+    if len(text) <= limit:
+        return text
+    space = text.rfind(" ", 0, limit)
+    return text[:space] if space > limit // 2 else text[:limit]
+
+
 def fit_prompt(tok, task, fields, budget):
     """(fields, ids): the inference prompt's fields and token ids, at most `budget` tokens: the task's long
     text field is shortened when needed, never the template's cue at the end. Raises TooLong, naming the
     field that makes the prompt too long, when it does not fit even with the long field emptied."""
+    long = fields.get(task.long_field)
+    if isinstance(long, str):
+        fields = {**fields, task.long_field: precut(long, budget, tok)}
     ids = tok(prompts.prompt_text(task, fields))["input_ids"]
     if len(ids) <= budget:
         return fields, ids

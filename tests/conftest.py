@@ -1,10 +1,20 @@
-"""What the tests share: the project's paths, and small helpers to run the scripts and read what they wrote."""
+"""What the tests share: the project's paths, and small helpers to run the scripts and read what they wrote.
 
+`run` runs a script's main in this process (what most tests need: the exit code, stdout and stderr of one run,
+without paying a new process's imports); `run_process` starts a real process, for what only a process shows
+(signals, a kill, a fresh interpreter's imports, accelerate launch). `in_process_launcher` lets a study's runs
+execute in this process too."""
+
+import contextlib
 import glob
+import importlib
+import io
 import json
 import os
+import shlex
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,13 +27,66 @@ EVAL = os.path.join(ROOT, "llama2_classification_multi_tasks_inference.py")
 STUDY = os.path.join(ROOT, "study.py")
 
 
-def run(script, *args, check=True, timeout=1200):
-    """Run one of the project's scripts offline; on failure, show the end of its output."""
+REPORT = os.path.join(ROOT, "get_eval_tasks.py")
+MODULES = {TRAIN: "llama2_classification_multi_tasks", EVAL: "llama2_classification_multi_tasks_inference",
+           STUDY: "study", REPORT: "get_eval_tasks"}
+
+
+def run(script, *args, check=True):
+    """Run one of the project's scripts offline in this process, from the repository's root, as its command line
+    would (a UserError is one line on stderr and exit code 2): a CompletedProcess with the exit code and what it
+    printed. On failure (check), the end of its output. An error that is not the user's is raised as it is."""
+    import utils
+
+    module = importlib.import_module(MODULES[script])
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            utils.run_main(lambda: module.main(list(args)))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    p = subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+    if check and p.returncode != 0:
+        raise AssertionError(f"{os.path.basename(script)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def run_process(script, *args, check=True, timeout=1200):
+    """Run one of the project's scripts offline in a process of its own; on failure, show the end of its output."""
     p = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if check and p.returncode != 0:
         raise AssertionError(f"{os.path.basename(script)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
+
+
+def in_process_launcher(monkeypatch):
+    """Make a study's launcher run each command (`python <script> <args>`) in this process, its output appended
+    to the run's log as the serial launcher appends it: the study's plan, commands, skipping and report as they
+    are, without a process per command. Returns the list of commands run."""
+    from keys_values import launch
+    from keys_values.launch.runs import Outcome
+
+    ran = []
+
+    def run_all(runs, launcher="serial", **kwargs):
+        outcomes = []
+        for r in runs:
+            started, rc = time.time(), 0
+            os.makedirs(os.path.dirname(r.log), exist_ok=True)
+            for cmd in r.commands:
+                ran.append(cmd)
+                p = run(cmd[1], *cmd[2:], check=False)
+                with open(r.log, "a") as log:
+                    log.write(f"\n$ {shlex.join(cmd)}\n{p.stdout}{p.stderr}")
+                rc = p.returncode
+                if rc:
+                    break
+            outcomes.append(Outcome(r, rc == 0, rc, r.log, started, time.time(), "" if rc == 0 else f"exit {rc}"))
+        return outcomes
+
+    monkeypatch.setattr(launch, "run_all", run_all)
+    return ran
 
 
 def only_dir(root):
@@ -50,18 +113,19 @@ def linked_copy(exp, folder):
     return str(folder)
 
 
-def small_llama(tmp_path, layers=2, vocab=None, **widths):
-    """A random Llama saved to a folder with the embedded model's tokenizer: real code paths, small and fast."""
+def small_llama(tmp_path, layers=2, vocab=None, positions=2048, name="small-llama", **widths):
+    """A random Llama saved to <tmp_path>/<name> with the embedded model's tokenizer: real code paths, small and
+    fast (hidden size 64, feed-forward 160, 4 heads, `positions` positions)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(MODEL)
     shape = {"hidden_size": 64, "intermediate_size": 160, "num_attention_heads": 4, "num_key_value_heads": 2, **widths}
-    config = LlamaConfig(num_hidden_layers=layers, vocab_size=vocab or len(tok), max_position_embeddings=2048,
+    config = LlamaConfig(num_hidden_layers=layers, vocab_size=vocab or len(tok), max_position_embeddings=positions,
                          tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                          **shape)
     torch.manual_seed(0)
-    folder = str(tmp_path / "small-llama")
+    folder = str(tmp_path / name)
     LlamaForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

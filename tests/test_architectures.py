@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import SAMPLE, STUDY, run
+from conftest import SAMPLE, STUDY, in_process_launcher, run
 from tiny_models import tiny_model_folder
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,10 @@ ROWS = {"gpt2": ("c_attn+c_fc (keys)", "c_attn+c_proj (values)"),
 
 
 @pytest.mark.parametrize("model_type", list(ROWS))
-def test_a_study_in_role_words_on_another_architecture(model_type, tmp_path):
+def test_a_study_in_role_words_on_another_architecture(model_type, tmp_path, monkeypatch):
+    """The study's commands run in this process (in_process_launcher): its plan, training, evaluation and report
+    as they are, without a process per command."""
+    in_process_launcher(monkeypatch)
     model = tiny_model_folder(tmp_path, model_type)
     out = str(tmp_path / "out")
     run(STUDY, "--pretrained_ckpt", model, "--data_root", SAMPLE, "--tasks", "CB", "--settings", "attention_qv keys",

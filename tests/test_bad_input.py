@@ -123,6 +123,7 @@ def test_bad_input(name, script, argv, message, tmp_path, capsys, monkeypatch):
     assert not out.exists() and sorted(p for p in tmp_path.rglob("*")) == before  # nothing written
 
 
+@pytest.mark.slow  # a real process
 def test_a_real_process_exits_2_with_one_line(tmp_path):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "llama2_classification_multi_tasks.py"), "--tasks", "CB",
                         "--target_modules", "q_proj", "v_prj", "--pretrained_ckpt", MODEL, "--data_root", SAMPLE,

@@ -19,11 +19,13 @@ from conftest import (
     STUDY,
     TRAIN,
     free_port,
+    in_process_launcher,
     linked_copy,
     metrics,
     only_dir,
     predictions,
     run,
+    small_llama,
 )
 from keys_values import data, models, precision
 from keys_values.experiment import layout
@@ -216,7 +218,9 @@ def tfevents_steps(path):
 def test_training_is_deterministic_and_resumes_after_sigkill(tmp_path):
     from safetensors.torch import load_file
 
-    args = [*SMALL, "--tasks", "CB", "--target_modules", "q_proj", "v_proj", "--max_steps", "6", "--save_steps", "2",
+    # the embedded model on short blocks: steps long enough (a second or so) for the kill to land between
+    # checkpoint-2 and checkpoint-4
+    args = [*SMALL, "--max_seq_length", "128", "--tasks", "CB", "--target_modules", "q_proj", "v_proj", "--max_steps", "6", "--save_steps", "2",
             "--loss_on", "completion", "--max_samples", "40", "--logging_steps", "1"]
     a, b, c = (str(tmp_path / x) for x in "abc")
     run(TRAIN, *args, "--output_root", a)
@@ -264,7 +268,7 @@ def test_multi_process_training_under_accelerate(tmp_path):
     p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                         "--main_process_port", str(free_port()), TRAIN, *SMALL,
-                        "--tasks", "CB", "--target_modules", "q_proj", "v_proj", "--max_steps", "2",
+                        "--pretrained_ckpt", small_llama(tmp_path, layers=2), "--tasks", "CB", "--target_modules", "q_proj", "v_proj", "--max_steps", "2",
                         "--max_samples", "40", "--output_root", out],
                        capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
@@ -275,7 +279,9 @@ def test_multi_process_training_under_accelerate(tmp_path):
 
 def test_thousand_rows_longer_than_the_context_keep_their_cue(tmp_path):
     """20 Newsgroups-like load: 1,000 texts longer than the model's 8,192-token context, at the default batch
-    size. The text field is shortened, the '### Class:' cue kept, and no example is lost to memory."""
+    size. The text field is shortened, the '### Class:' cue kept, and no example is lost to memory. A tiny model
+    with the embedded model's tokenizer and context: what is tested is the prompts, not the model."""
+    model = small_llama(tmp_path, layers=1, positions=8192, name="Tiny-8k")
     folder = tmp_path / "data" / "20_Newsgroups_Fixed"
     folder.mkdir(parents=True)
     words = "orbit rocket launch satellite engine brakes puck goalie ".split()
@@ -284,20 +290,24 @@ def test_thousand_rows_longer_than_the_context_keep_their_cue(tmp_path):
             text = " ".join(words[(i + k) % len(words)] for k in range(9000))  # ~9,000+ tokens
             f.write(json.dumps({"text": text, "label": "sci.space" if i % 2 else "rec.autos"}) + "\n")
     out = str(tmp_path / "out")
-    run(EVAL, "--pretrained_ckpt", MODEL, "--tasks", "20_Newsgroups_Fixed", "--data_root", str(tmp_path / "data"),
+    run(EVAL, "--pretrained_ckpt", model, "--tasks", "20_Newsgroups_Fixed", "--data_root", str(tmp_path / "data"),
         "--output_root", out, "--max_input_length", "96", "--max_new_tokens", "3")
-    exp = os.path.join(out, "20_Newsgroups_Fixed", "base-SmolLM2-135M-Instruct")
+    exp = os.path.join(out, "20_Newsgroups_Fixed", "base-Tiny-8k")
     m = metrics(exp, "20_Newsgroups_Fixed", "metrics-new3-len96")
     assert m["n"] == 1000 and m["oom_examples"] == [] and m["data"]["rows"] == 1000 and m["skipped"] == 0
     rows = predictions(exp, "20_Newsgroups_Fixed", "metrics-new3-len96")
     assert len(rows) == 1000 and all(r["generation"] is not None for r in rows)
 
 
-def test_study_with_two_seeds_pools_them(tmp_path):
+def test_study_with_two_seeds_pools_them(tmp_path, monkeypatch):
+    """The study's plan, commands, skipping and report on a tiny model, its commands run in this process (the
+    launchers' processes are tests/test_launch.py's)."""
+    in_process_launcher(monkeypatch)
     out = str(tmp_path / "study")
     run(STUDY, "--seeds", "1", "2", "--settings", "q_proj v_proj up_proj", "q_proj v_proj down_proj", "--tasks", "CB",
         "--max_steps", "2", "--max_samples", "40", "--max_test_samples", "12", "--output_root", out,
-        "--pretrained_ckpt", MODEL, "--data_root", SAMPLE, "--scoring", "rank")
+        "--pretrained_ckpt", small_llama(tmp_path, layers=2), "--data_root", SAMPLE, "--scoring", "rank",
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--max_seq_length", "128")
     folders = sorted(os.listdir(os.path.join(out, "CB")))
     adapters = [f for f in folders if os.path.isfile(os.path.join(out, "CB", f, "assets", "adapter_config.json"))]
     assert len(adapters) == 4 and sum("-seed2-" in f and f.endswith("-standard") for f in adapters) == 2

@@ -7,14 +7,11 @@ and the checkpoint keeps each layer's input, counted with a forward pre-hook."""
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
-from conftest import MODEL, ROOT, SAMPLE, TRAIN
+from conftest import MODEL, SAMPLE, TRAIN, run
 from keys_values import config, lora, memory, models, precision, structure
 from tiny_models import MODEL_TYPES
 
@@ -156,18 +153,15 @@ def llama2_folder(tmp_path_factory):
 
 
 def dry_run(folder, out, *extra):
-    t = time.time()
-    p = subprocess.run([sys.executable, TRAIN, *PAPER, "--pretrained_ckpt", folder, "--data_root", SAMPLE,
-                        "--output_root", str(out), "--dry_run", "gpu", *extra], capture_output=True, text=True,
-                       cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return json.loads(p.stdout.strip().splitlines()[-1]), p.stdout, time.time() - t
+    p = run(TRAIN, *PAPER, "--pretrained_ckpt", folder, "--data_root", SAMPLE, "--output_root", str(out),
+            "--dry_run", "gpu", *extra)
+    return json.loads(p.stdout.strip().splitlines()[-1]), p.stdout
 
 
 def test_dry_run_of_the_papers_command_on_llama2_7b(llama2_folder, tmp_path):
     out = tmp_path / "experiments"
     before = sorted(tmp_path.rglob("*"))
-    plan, text, seconds = dry_run(llama2_folder, out)
+    plan, text = dry_run(llama2_folder, out)
     gib = plan["memory_estimate_bytes"]["total"] / memory.GIB
     assert 4 < gib < 40 and plan["gradient_checkpointing"] is True, gib
     assert plan["fits_gib"] == {"24": True, "40": True, "48": True, "80": True}
@@ -179,10 +173,9 @@ def test_dry_run_of_the_papers_command_on_llama2_7b(llama2_folder, tmp_path):
     assert plan["experiment_dir"].endswith("classification-sampleFraction-0.99_epochs-5_rank-8_dropout-0.1-"
                                            "q_proj,v_proj,up_proj-4bit")
     assert "peak memory per device" in text and sorted(tmp_path.rglob("*")) == before  # nothing written
-    no_gc, _, _ = dry_run(llama2_folder, out, "--no-gradient_checkpointing")
+    no_gc, _ = dry_run(llama2_folder, out, "--no-gradient_checkpointing")
     assert no_gc["memory_estimate_bytes"]["total"] > 40 * memory.GIB and no_gc["fits_gib"]["80"] is False
     assert no_gc["memory_estimate_bytes"]["weights"] == plan["memory_estimate_bytes"]["weights"]
-    print(f"dry run: {seconds:.1f} s")
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)

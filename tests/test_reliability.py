@@ -435,6 +435,7 @@ def wait_for(pattern_dir, name, proc, timeout=300):
     raise AssertionError(f"no checkpoint appeared: {proc.communicate()[1][-2000:]}")
 
 
+@pytest.mark.slow  # a real process, signalled
 @pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted: checkpoint-"),
                                            (signal.SIGUSR1, utils.RESUMABLE, "stopped on SIGUSR1 at step")])
 def test_an_interrupt_says_what_was_kept_and_how_to_continue(model, data, tmp_path, sig, code, said):

@@ -10,7 +10,8 @@ import types
 import pytest
 import torch
 
-from keys_values import arms, roles
+from conftest import MODEL
+from keys_values import arms, models, roles
 from tiny_models import MODEL_TYPES, meta_model, tiny_model, tiny_model_folder
 from utils import UserError
 
@@ -503,3 +504,13 @@ def test_tiny_model_folders_load_and_run(tmp_path):
         ids = AutoTokenizer.from_pretrained(folder)("keys and values", return_tensors="pt")["input_ids"]
         with torch.no_grad():
             assert torch.isfinite(model(input_ids=ids, labels=ids).loss), model_type
+
+
+def test_target_module_names_checked_against_the_model():
+    from keys_values import roles
+
+    model = models.meta_model(models.load_config(MODEL))
+    res = roles.resolve(["q_proj", "v_proj", "gate_proj"], model)
+    assert res.target_modules == ["q_proj", "v_proj", "gate_proj"] and len(res.paths) == 3 * 30
+    with pytest.raises(UserError, match="unknown target module 'up_prj'; this model's linear modules are: down_proj"):
+        roles.resolve(["q_proj", "up_prj"], model)

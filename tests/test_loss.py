@@ -1,11 +1,11 @@
-"""The training script's loss: the output layer applied in chunks at the counted positions only gives the same
-loss and gradients as the model's own output layer and loss; the plan of a run matches what the Trainer runs."""
+"""keys_values/loss.py: the chunked loss with the output layer inside it equals the model's own loss and gradients,
+and divides by the Trainer's token count."""
 
 import pytest
 import torch
 
 from conftest import small_llama
-from keys_values import config, lora, memory, models, packing, precision
+from keys_values import config, lora, memory, models, precision
 from keys_values.loss import OutputLayerInTheLoss
 
 
@@ -58,13 +58,3 @@ def test_chunked_loss_normalises_by_the_trainers_token_count(model):
         mean = loss(out, ids)
         total = loss(out, ids, num_items_in_batch=torch.tensor(2 * 15 * 4))  # e.g. 4 accumulated batches
     assert total.item() == pytest.approx(mean.item() / 4, rel=1e-6)
-
-
-@pytest.mark.parametrize("blocks,batch,accum,epochs,steps", [(60, 4, 1, 3, 45), (61, 4, 1, 1, 16), (68, 32, 2, 5, 10),
-                                                              (5, 4, 16, 2, 2)])
-def test_optimizer_steps_as_the_trainer_counts_them(blocks, batch, accum, epochs, steps):
-    args = config.training_config(["--tasks", "CB", "--per_device_train_batch_size", str(batch),
-                             "--gradient_accumulation_steps", str(accum), "--epochs", str(epochs)])
-    assert packing.optimizer_steps(blocks, args) == steps
-    args.max_steps = 7
-    assert packing.optimizer_steps(blocks, args) == 7
