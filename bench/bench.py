@@ -27,7 +27,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
 
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct")
 SAMPLE = os.path.join(ROOT, "sample_data")
@@ -461,6 +460,52 @@ def part_study(quick):
                                                                if "trainable parameters" in line), "")}
 
 
+def part_editing(quick):
+    """Knowledge editing (issue 27): the same edits of the bundled set, the same hyperparameters (FT-L, 25 steps at
+    most, learning rate 5e-4, the values of layer 20), made this project's way (the layers below the edited one run
+    once, only the target positions' logits, 16 edits optimised at once, each probe batch once) and the plain way of
+    the editing baselines (the whole model forward and backward every step, all logits, one edit and one probe at a
+    time); the per-edit metrics of the two compared."""
+    import dataclasses
+
+    import torch
+
+    from keys_values import models
+    from keys_values.editing.config import editing_config
+    from keys_values.editing.metrics import PER_EDIT
+    from keys_values.editing.plan import EditPlan
+    from keys_values.editing.run import run_edits
+    from keys_values.precision import Precision, placement
+    from utils import read_jsonl
+
+    n = 8 if quick else 32
+    with tempfile.TemporaryDirectory() as out:
+        cfg = editing_config(["--max_edits", str(n), "--target_modules", "values", "--output_root", out,
+                              "--data", os.path.join(SAMPLE, "edits", "counterfact.json")])
+        run = EditPlan(cfg).runs[0]
+        model = models.load_base(MODEL, Precision("fp32", "fp32", False, False, False, ""), placement(0, False)).eval()
+        tok = models.load_tokenizer(MODEL)
+        times, records = {}, {}
+        for way in ("ours", "plain"):
+            r = dataclasses.replace(run, folder=os.path.join(out, way))
+            t = time.perf_counter()
+            run_edits(model, tok, r, cfg, plain=way == "plain", progress=lambda line: None)
+            times[way] = time.perf_counter() - t
+            records[way] = read_jsonl(os.path.join(r.folder, "edits.jsonl"))
+    diff = nll = 0.0
+    for a, b in zip(records["ours"], records["plain"]):
+        for when in ("pre", "post"):
+            for k in PER_EDIT:
+                if a[when].get(k) is not None:
+                    diff = max(diff, abs(a[when][k] - b[when][k]))
+        for pa, pb in zip(a["probes"], b["probes"]):
+            nll = max(nll, abs(pa["nll_pre"] - pb["nll_pre"]), abs(pa["nll_post"] - pb["nll_post"]))
+    return {"edits": n, "ours_s": times["ours"], "plain_s": times["plain"], "ratio": times["plain"] / times["ours"],
+            "max_metric_difference": diff, "max_nll_difference": nll, "threads": torch.get_num_threads(),
+            "steps_ours": sum(r["steps"] for r in records["ours"]), "steps_plain": sum(r["steps"] for r in records["plain"]),
+            "peak_rss_mib": peak_rss_mib()}
+
+
 def child(part, *extra, python=sys.executable):
     cmd = [python, os.path.abspath(__file__), "--part", part, *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
@@ -580,10 +625,27 @@ def report(r, quick, flags=""):
                      f"examples/s. bf16 ranking: "
                      + ("measured above." if "rank_bf16_s" in e else "not measured (no native bf16 units here); "
                         "`--dtype auto` keeps ranking in fp32 on a CPU.") + f" Peak RSS {e['peak_rss_mib']:.0f} MiB.")
+    lines += editing_text(r.get("editing"))
     lines += launch_text(r.get("launch"), r.get("study"), t)
     lines += ["", "## Targets (issue 13)", ""] + targets(r)
     lines += ["", "## GPU", "", r["gpu"]]
     return "\n".join(lines) + "\n"
+
+
+def editing_text(k):
+    """Knowledge editing: this project's way against the editing baselines' plain way (issue 27)."""
+    out = ["", "## Knowledge editing (the values of layer 20, FT-L, 25 steps at most, the bundled edits)", ""]
+    if not k or "error" in k:
+        return out + [f"failed: {(k or {}).get('error', 'not run')}"]
+    out += ["| way | seconds | edits/s | steps | ratio |", "|---|---|---|---|---|",
+            f"| plain (the editing baselines: the whole model forward and backward every step, all logits, one edit and "
+            f"one probe at a time) | {k['plain_s']:.1f} | {k['edits'] / k['plain_s']:.2f} | {k['steps_plain']} | 1.00x |",
+            f"| this project (the layers below the edited one once, the logits at the target positions, 16 edits at "
+            f"once, each probe batch once) | {k['ours_s']:.1f} | {k['edits'] / k['ours_s']:.2f} | {k['steps_ours']} | "
+            f"{k['ratio']:.2f}x |", "",
+            f"{k['edits']} edits; the per-edit metrics of the two ways differ by at most {k['max_metric_difference']:.1e}, "
+            f"the probes' NLLs by at most {k['max_nll_difference']:.1e}; peak RSS {k['peak_rss_mib']:.0f} MiB."]
+    return out
 
 
 def launch_text(launch, study, t):
@@ -638,6 +700,11 @@ def targets(r):
         if "error" not in t.get("trl", {"error": 1}) and "error" not in t.get("ours_auto", {"error": 1}):
             x = t["ours_auto"]["tokens_per_second"] / t["trl"]["tokens_per_second"]
             out.append(f"- training ≥ 2x trl's SFTTrainer: {x:.2f}x, {ok(x >= 2)}.")
+    k = r.get("editing") or {}
+    if "ratio" in k:
+        out.append(f"- knowledge editing ≥ 3x the plain way (issue 27): {k['ratio']:.2f}x, {ok(k['ratio'] >= 3)}; the same "
+                   f"metrics to 1e-4: the largest difference {k['max_metric_difference']:.1e}, "
+                   f"{ok(k['max_metric_difference'] <= 1e-4)}.")
     if "error" in e:
         return out
     x = e["original_s"] / e["rank_s"]
@@ -685,7 +752,8 @@ def gpu_text(g):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--part", choices=["matmul", "train", "trl", "eval", "gpu", "launch", "study"], help=argparse.SUPPRESS)
+    p.add_argument("--part", choices=["matmul", "train", "trl", "eval", "gpu", "launch", "study", "editing"],
+                   help=argparse.SUPPRESS)
     p.add_argument("--study", action="store_true", help="also time the whole small study (python study.py), ~10 min")
     p.add_argument("--dtype", default="auto", help=argparse.SUPPRESS)
     p.add_argument("--loss_on", default="all", help=argparse.SUPPRESS)
@@ -697,7 +765,7 @@ def main():
         res = {"matmul": lambda: part_matmul(a.quick), "train": lambda: part_train(a.dtype, a.loss_on, a.impl, a.quick, a.bnb),
                "trl": lambda: part_trl(a.dtype, a.quick), "eval": lambda: part_eval(a.quick),
                "gpu": lambda: part_gpu(a.quick), "launch": lambda: part_launch(a.quick),
-               "study": lambda: part_study(a.quick)}[a.part]()
+               "study": lambda: part_study(a.quick), "editing": lambda: part_editing(a.quick)}[a.part]()
         print(json.dumps(res))
         return
     import importlib.metadata as md
@@ -734,6 +802,8 @@ def main():
     print(f"trl: {r['train']['trl']}", flush=True)
     r["eval"] = child("eval", *q)
     print(f"eval: {r['eval']}", flush=True)
+    r["editing"] = child("editing", *q)
+    print(f"editing: {r['editing']}", flush=True)
     r["launch"] = child("launch", *q)
     print(f"launch: {r['launch']}", flush=True)
     if a.study:

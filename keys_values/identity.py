@@ -25,6 +25,7 @@ import json
 import os
 
 from keys_values import config
+from keys_values.editing.config import EditingConfig
 
 # Settings in the training identity that the folder name does not spell; their original values are
 # config.original_default's (per-device batch and accumulation follow --bnb, as in the original).
@@ -132,3 +133,39 @@ def comparable(a, b):
     budget, generation length and examples). Returns (bool, the keys that differ)."""
     differ = [k for k in EVALUATION if a.get(k) != b.get(k)]
     return not differ, differ
+
+
+# ----------------------------------------------------------------------------------------------------
+# Knowledge editing
+
+# the settings of an editing run its folder name does not spell; their defaults are EditingConfig's (LoRA's rank
+# and scale count only with --method lora)
+EDITING_HASHED = ("steps", "learning_rate", "early_stop_loss", "norm_constraint", "lora_r", "lora_alpha", "max_edits",
+                  "dtype", "fluency")
+EDITING_NAMED = ("model", "edits", "method", "objective", "layer", "arm", "modules", "seed", "sequential", "data")
+
+
+def editing(cfg, model, edits, layer, arm, modules, seed, data):
+    """The identity of one editing run: the base model's name, the edit set's name and the fingerprint of the
+    edits it makes (`data`), the method and objective, the layer, the arm (its name and the modules it resolves
+    to), the seed, sequential or not, and every hyperparameter (LoRA's only with --method lora)."""
+    lora = cfg.method == "lora"
+    return {"model": model, "edits": edits, "method": cfg.method, "objective": cfg.objective, "layer": layer,
+            "arm": arm, "modules": list(modules), "seed": seed, "sequential": bool(cfg.sequential), "data": data,
+            "steps": cfg.steps, "learning_rate": cfg.learning_rate, "early_stop_loss": cfg.early_stop_loss,
+            "norm_constraint": cfg.norm_constraint, "lora_r": cfg.lora_r if lora else None,
+            "lora_alpha": cfg.lora_alpha if lora else None, "max_edits": cfg.max_edits, "dtype": cfg.dtype,
+            "fluency": bool(cfg.fluency)}
+
+
+def editing_hashed_part(ident):
+    """{setting: value} of the editing settings that differ from their defaults, and the suffix that stands for
+    them ('' when none differs)."""
+    defaults = {k: None if k.startswith("lora_") else config.default_of(EditingConfig, k) for k in EDITING_HASHED}
+    differ = {k: ident[k] for k in EDITING_HASHED if ident.get(k) != defaults[k]}
+    return differ, ("-h" + fingerprint(differ, 8) if differ else "")
+
+
+def without_arm(ident):
+    """An editing identity without its arm: what two arms compared on the same edits must share."""
+    return {k: v for k, v in ident.items() if k not in ("arm", "modules")}

@@ -55,7 +55,7 @@ _MAGIC = [
 ]
 
 
-def _decode(path, ext):
+def decode(path, ext):
     """The text of a UTF-8 file; a UTF-8 byte-order mark is skipped. Anything else is one error: not UTF-8
     (naming the line and the byte offset), UTF-16/32, NUL characters, a parquet/gzip/zip file under a text name."""
     with open(path, "rb") as f:
@@ -85,7 +85,7 @@ def _json_cause(error, column):
     return f"{error.msg}{'' if error.msg.endswith(' at') else ' at'} column {column}"
 
 
-def _read_jsonl(path, text):
+def read_jsonl(path, text):
     """JSON Lines: one object per line; blank lines are skipped. -> (rows, their line numbers)."""
     rows, lines = [], []
     physical = text.split("\n")
@@ -117,7 +117,7 @@ def _read_jsonl(path, text):
     return rows, lines
 
 
-def _read_json(path, text):
+def read_json(path, text):
     """A JSON list of row objects, or an object of equal-length column lists. -> (rows, columns or None)."""
     try:
         data = json.loads(text)
@@ -220,14 +220,14 @@ def read_file(path, task):
         return [], None, "the file is empty (0 bytes)"
     if ext == "parquet":
         return _read_parquet(path, task), None, "the file has no rows"
-    text = _decode(path, ext)
+    text = decode(path, ext)
     if not text.strip(" \t\r\n\ufeff"):
         return [], None, "the file is empty"
     if ext == "jsonl":
-        rows, lines = _read_jsonl(path, text)
+        rows, lines = read_jsonl(path, text)
         return rows, lines, "the file has no rows"
     if ext == "json":
-        rows, columns = _read_json(path, text)
+        rows, columns = read_json(path, text)
         if columns is not None:
             check_columns(task, path, columns, "has columns")
         return rows, None, "the file has no rows"

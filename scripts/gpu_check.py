@@ -7,6 +7,8 @@ plan hold? One command, at most about 8 minutes on one H200, one table at the en
    optimizer steps: tokens/s over the steps after the first, peak GPU memory against the --dry_run estimate.
 2. Evaluation: 64 prompts of the sample data, batched greedy decoding against one prompt at a time, both on
    the 4-bit base with a fresh adapter: how many of the 64 generations are equal.
+3. Knowledge editing: 32 of the bundled edits on layer 21's values of the same model in bf16 (FT-L, 25 steps, 16
+   edits at once): edits/s and the peak GPU memory against the editing plan's estimate.
 
     python scripts/gpu_check.py [--steps 20] [--prompts 64]
 """
@@ -25,6 +27,7 @@ def main():
     p.add_argument("--steps", type=int, default=20, help="optimizer steps timed (after one warm-up step)")
     p.add_argument("--prompts", type=int, default=64, help="evaluation prompts compared")
     p.add_argument("--batch", type=int, default=32, help="blocks per step (the paper's per-device batch)")
+    p.add_argument("--edits", type=int, default=32, help="knowledge edits timed")
     a = p.parse_args()
     import torch
 
@@ -105,10 +108,54 @@ def main():
         rows.append((f"evaluation: batched greedy equal to one at a time (4-bit, {len(ids)} prompts)",
                      f"{equal}/{len(ids)}"))
         rows.append(("evaluation: batched speed-up", f"{t_alone / t_batched:.1f}x ({t_batched:.1f} s vs {t_alone:.1f} s)"))
+        del model
+        torch.cuda.empty_cache()
+
+        # 3. knowledge editing: the bundled edits on layer 21's values, FT-L's 25 steps, in bf16 (random weights: the
+        # speed and memory of editing a 7B model, not its metrics)
+        rows += editing_rows(folder, tok, a.edits)
     print(f"\ngpu-check on {torch.cuda.get_device_name()} (torch {torch.__version__}), {time.time() - t0:.0f} s in all")
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
+
+
+def editing_rows(folder, tok, n):
+    import torch
+
+    from keys_values import models
+    from keys_values.editing import metrics, records
+    from keys_values.editing.config import editing_config
+    from keys_values.editing.editor import Editor
+    from keys_values.editing.plan import edit_memory, resolve_arm
+    from keys_values.memory import weight_counts
+    from keys_values.precision import Precision, placement
+
+    cfg = editing_config(["--dtype", "bf16", "--edits_at_once", "16"])
+    edits = records.load(os.path.join(HERE, "sample_data", "edits", "counterfact.json"))[0][:n]
+    torch.cuda.reset_peak_memory_stats()
+    model = models.load_base(folder, Precision("bf16", "bf16", False, False, False, ""), placement(1, False)).eval()
+    paths, _ = resolve_arm(["values"], model, 21)
+    ed = Editor(model, tok, 21, paths, cfg, batch=16)
+    t = time.perf_counter()
+    steps = 0
+    for k in range(0, len(edits), 16):
+        ed.reset()
+        chunk = edits[k:k + 16]
+        measured = [ed.first_scores(ed.encode(metrics.probes(e))) for e in chunk]
+        steps += sum(i["steps"] for i in ed.edit_batch(chunk))
+        for b, e in enumerate(chunk):
+            ed.scores(ed.encode(metrics.probes(e)), measured[b][1], b)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated()
+    estimate = edit_memory(weight_counts(model), ed.updated_parameters, "bf16", False)
+    ed.reset()
+    ed.remove()
+    return [(f"knowledge editing: edits/s (layer 21's values, FT-L, bf16, 16 at once, {len(edits)} edits, {steps} steps)",
+             f"{len(edits) / seconds:.2f}"),
+            ("knowledge editing: peak GPU memory (GiB) / the plan's estimate", f"{peak / 2**30:.1f} / "
+                                                                             f"{estimate / 2**30:.1f}")]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Write sample_data/<task>/<split>.jsonl: small, project-made rows in each dataset's real (hub) schema.
+"""Write sample_data/<task>/<split>.jsonl: small, project-made rows in each dataset's real (hub) schema, and
+sample_data/edits/counterfact.json: 100 edit requests in ROME's CounterFact format, written by this project from
+well-known facts (cities and their countries, landmarks and their cities, countries and their languages), each
+with two paraphrases and up to five neighbours that share its true answer.
 
 The rows are synthetic and made to be learnable: in every task the label follows from one visible cue
 in the text (a verb of certainty, a shared word, a topic keyword), so a short LoRA run on a small model
@@ -162,6 +165,54 @@ GENERATORS = {  # task -> (row maker, evaluation split, classification?)
 }
 
 
+# knowledge editing: (relation, rewrite template, paraphrases, {true object: [subjects]})
+FACTS = [
+    ("city-country", "{} is a city in", ["The city of {} is located in", "{}, a large city, lies in the country of"], {
+        "France": ["Paris", "Lyon", "Marseille", "Toulouse", "Nice", "Bordeaux"],
+        "Germany": ["Berlin", "Munich", "Hamburg", "Cologne", "Frankfurt", "Stuttgart"],
+        "Italy": ["Rome", "Milan", "Naples", "Turin", "Florence", "Venice"],
+        "Spain": ["Madrid", "Barcelona", "Seville", "Valencia", "Bilbao", "Malaga"],
+        "Japan": ["Tokyo", "Osaka", "Kyoto", "Yokohama", "Nagoya", "Sapporo"],
+        "England": ["London", "Manchester", "Liverpool", "Birmingham", "Leeds", "Bristol"],
+        "Canada": ["Toronto", "Montreal", "Vancouver", "Calgary", "Ottawa", "Edmonton"],
+        "Australia": ["Sydney", "Melbourne", "Brisbane", "Perth", "Adelaide", "Canberra"],
+        "Brazil": ["Rio de Janeiro", "Sao Paulo", "Brasilia", "Salvador", "Recife", "Curitiba"],
+        "Russia": ["Moscow", "Saint Petersburg", "Novosibirsk", "Kazan", "Omsk", "Samara"]}),
+    ("landmark-city", "{} is located in the city of", ["You can visit {} in the city of", "{} stands in the city of"], {
+        "Paris": ["the Eiffel Tower", "the Louvre", "the Arc de Triomphe", "Notre-Dame Cathedral"],
+        "Rome": ["the Colosseum", "the Trevi Fountain", "the Pantheon", "the Spanish Steps"],
+        "London": ["Big Ben", "Tower Bridge", "Buckingham Palace", "the British Museum"],
+        "New York": ["the Statue of Liberty", "the Empire State Building", "Central Park", "Times Square"],
+        "Berlin": ["the Brandenburg Gate", "the Reichstag building", "Checkpoint Charlie", "Museum Island"],
+        "Barcelona": ["the Sagrada Familia", "Park Guell", "Camp Nou", "La Rambla"]}),
+    ("country-language", "The main language spoken in {} is", ["In {}, most people speak", "The language of {} is"], {
+        "Spanish": ["Spain", "Mexico", "Argentina", "Colombia", "Chile", "Peru"],
+        "Portuguese": ["Portugal", "Brazil", "Angola", "Mozambique"],
+        "German": ["Germany", "Austria"],
+        "Arabic": ["Egypt", "Saudi Arabia"],
+        "English": ["New Zealand", "Jamaica"]}),
+]
+
+
+def edits(rng):
+    """100 edit requests in ROME's CounterFact format: every subject of FACTS moved to another object of its
+    relation; its neighbours are up to five other subjects with the same true object."""
+    out = []
+    for relation, template, paraphrases, table in FACTS:
+        objects = list(table)
+        for true, subjects in table.items():
+            for subject in subjects:
+                new = rng.choice([o for o in objects if o != true])
+                others = [s for s in subjects if s != subject]
+                out.append({"case_id": len(out), "requested_rewrite": {
+                    "prompt": template, "subject": subject, "relation_id": relation, "target_new": {"str": new},
+                    "target_true": {"str": true}},
+                    "paraphrase_prompts": [p.format(subject) for p in paraphrases],
+                    "neighborhood_prompts": [template.format(s) for s in rng.sample(others, min(5, len(others)))],
+                    "generation_prompts": [f"{subject} is famous for", f"People who travel to {subject}"]})
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sample_data"))
@@ -175,7 +226,12 @@ def main():
             with open(path, "w", encoding="utf-8") as f:
                 for i in range(n):
                     f.write(json.dumps(make(rng, i)) + "\n")
-    print(f"wrote {len(GENERATORS)} tasks under {os.path.normpath(args.out)}")
+    path = os.path.join(args.out, "edits", "counterfact.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(edits(random.Random(2402)), f, indent=1)
+        f.write("\n")
+    print(f"wrote {len(GENERATORS)} tasks and {path} under {os.path.normpath(args.out)}")
 
 
 if __name__ == "__main__":

@@ -25,11 +25,12 @@ SAMPLE = os.path.join(ROOT, "sample_data")
 TRAIN = os.path.join(ROOT, "llama2_classification_multi_tasks.py")
 EVAL = os.path.join(ROOT, "llama2_classification_multi_tasks_inference.py")
 STUDY = os.path.join(ROOT, "study.py")
+EDIT = os.path.join(ROOT, "edit_knowledge.py")
 
 
 REPORT = os.path.join(ROOT, "get_eval_tasks.py")
 MODULES = {TRAIN: "llama2_classification_multi_tasks", EVAL: "llama2_classification_multi_tasks_inference",
-           STUDY: "study", REPORT: "get_eval_tasks"}
+           STUDY: "study", REPORT: "get_eval_tasks", EDIT: "edit_knowledge"}
 
 
 def run(script, *args, check=True):

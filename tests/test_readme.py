@@ -14,6 +14,7 @@ import get_eval_tasks
 import study
 from conftest import ROOT
 from keys_values import config
+from keys_values.editing.config import editing_config
 from keys_values.study import recipe
 
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
@@ -52,14 +53,15 @@ def test_every_readme_command_parses_with_the_current_flags():
         for script, parse in (("llama2_classification_multi_tasks.py", lambda a: config.training_config(a).check()),
                               ("llama2_classification_multi_tasks_inference.py", config.evaluation_config),
                               ("study.py", lambda a: recipe.parse(study.build_parser(), a)),
-                              ("get_eval_tasks.py", get_eval_tasks.build_parser().parse_args)):
+                              ("get_eval_tasks.py", get_eval_tasks.build_parser().parse_args),
+                              ("edit_knowledge.py", lambda a: editing_config(a).check())):
             if re.search(rf"(^|[ /]){re.escape(script)}( |$)", line):
                 parse(argv_of(line, script))
                 checked.add(script)
         if line.startswith("make "):
             targets = re.findall(r"^([a-z-]+):", open(os.path.join(ROOT, "Makefile")).read(), flags=re.M)
             assert line.split()[1] in targets, line
-    assert len(checked) == 4  # the README shows all four scripts
+    assert len(checked) == 5  # the README shows all five scripts
 
 
 def test_every_readme_study_command_runs_the_flags_it_says():

@@ -209,3 +209,33 @@ def check_output_root(root, flag_name="--output_root"):
         os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=path))
     except OSError as e:
         raise UserError(f"{flag_name} {root}: {path} is not writable ({e.strerror or e})") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Knowledge editing: <output root>/knowledge_editing/<model>/<edits>/<run>/
+#   identity.json (when the run starts), edits.jsonl (a record per edit, appended as each is done),
+#   sequential.safetensors and sequential.json (--sequential: the weights after the edits applied so far),
+#   metrics.json (written last: the run finished); <edits>/summary.md, summary.png, edit-logs/
+
+EDITING = "knowledge_editing"
+EDIT_RECORDS = "edits.jsonl"
+EDIT_METRICS = "metrics.json"
+SEQUENTIAL_WEIGHTS, SEQUENTIAL_STATE = "sequential.safetensors", "sequential.json"
+EDIT_LOGS = "edit-logs"
+
+
+def edits_dir(root, model, edits):
+    """<root>/knowledge_editing/<model name>/<edits name>: every run on these edits of this model, and their
+    comparison."""
+    return os.path.join(root, EDITING, model, edits)
+
+
+def edit_run_name(ident):
+    """An editing run's folder name: <method>-<objective>-layer<L>-<arm>[-seed<N>][-sequential][-h<8 hex>], the
+    hash standing for the settings that differ from the defaults (identity.editing)."""
+    name = f"{ident['method']}-{ident['objective']}-layer{ident['layer']}-{ident['arm']}"
+    if ident["seed"] != config.DEFAULT_SEED:
+        name += f"-seed{ident['seed']}"
+    if ident["sequential"]:
+        name += "-sequential"
+    return name + identity.editing_hashed_part(ident)[1]
