@@ -72,7 +72,7 @@ def main(argv=None):
         control = RunControl()
         try:
             trainer, _ = fit(model, tokenizer, blocks, cfg, out, resume_from, plan.precision, plan.placement,
-                             logging_steps, control)
+                             logging_steps, control, planned_steps=steps)
             mean = train_loss_of(trainer.state.log_history, trainer.state.global_step)
             if mean is not None and not math.isfinite(mean):  # before anything is written: the run is not finished
                 raise NonFinite(f"the mean training loss is {mean}")

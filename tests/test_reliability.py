@@ -116,6 +116,31 @@ def test_resume_uses_the_newest_whole_checkpoint_and_the_loss_of_every_step(mode
         assert (v - adapter[k]).abs().max() < 1e-5, k
 
 
+@pytest.mark.parametrize("keep", [1, 2, 3], ids=["the first step", "a middle step", "the last step"])
+@pytest.mark.parametrize("length", [["--max_steps", "3"], ["--epochs", "3", "--max_samples", "2"]],
+                         ids=["max_steps", "epochs"])
+def test_a_resumed_run_ends_where_the_uninterrupted_one_ends(model, data, tmp_path, keep, length):
+    """Stopped at the first, a middle or the last step (the last: a stop at the last step, or a kill while the
+    finished run was being saved, leave checkpoint-3 and no record): --resume ends at step 3 with the same loss
+    and adapter as the uninterrupted run, never one step more."""
+    from safetensors.torch import load_file
+
+    argv = training(model, data, str(tmp_path), "--save_steps", "1", *length)
+    run(TRAIN, *argv)
+    exp = only_dir(str(tmp_path))
+    whole = json.load(open(os.path.join(exp, "experiment.json")))
+    assert whole["global_step"] == 3
+    adapter = load_file(os.path.join(exp, "assets", "adapter_model.safetensors"))
+    make_partial(exp, keep=keep)
+    p = run(TRAIN, *argv, "--resume")
+    resumed = json.load(open(os.path.join(exp, "experiment.json")))
+    assert resumed["global_step"] == 3 and not os.path.exists(os.path.join(exp, "checkpoint-4"))
+    assert resumed["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-5)
+    assert ("holds the run's last step" in p.stdout) == (keep == 3)
+    for k, v in load_file(os.path.join(exp, "assets", "adapter_model.safetensors")).items():
+        assert (v - adapter[k]).abs().max() < 1e-5, k
+
+
 def test_a_resumed_run_saves_and_logs_at_its_own_intervals(model, data, tmp_path):
     """The Trainer restores the checkpoint's save and logging intervals; the flags of the resumed run decide."""
     argv = training(model, data, str(tmp_path), "--max_steps", "4", "--save_steps", "1", "--logging_steps", "1")

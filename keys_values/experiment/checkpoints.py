@@ -6,6 +6,13 @@ import os
 
 from keys_values.experiment.layout import ADAPTER_WEIGHTS, CHECKPOINT
 
+TRAINER_STATE = "trainer_state.json"
+
+
+def step_of(path):
+    """The step of a checkpoint folder (checkpoint-<step>)."""
+    return int(CHECKPOINT.fullmatch(os.path.basename(os.path.normpath(path)))[1])
+
 
 def checkpoints(folder):
     """[(step, path)] of the `checkpoint-<step>` folders, oldest first; other names are ignored."""
@@ -31,7 +38,7 @@ def checkpoint_problem(path, step):
     """Why a checkpoint folder cannot be resumed from, or None when it is whole: its trainer_state.json reads
     and names its step, its adapter weights, optimizer and scheduler states are there and not empty, and the
     adapter's safetensors header reads."""
-    state_file = os.path.join(path, "trainer_state.json")
+    state_file = os.path.join(path, TRAINER_STATE)
     try:
         with open(state_file, encoding="utf-8") as f:
             st = json.load(f)

@@ -7,7 +7,7 @@ import os
 
 from keys_values import fsdp
 from keys_values.callbacks import RunControl
-from keys_values.experiment import layout
+from keys_values.experiment import checkpoints, layout
 from keys_values.loss import OutputLayerInTheLoss
 
 
@@ -44,10 +44,12 @@ def training_arguments(args, out, prec, place, logging_steps=None):
 
 
 def fit(model, tokenizer, blocks, args, out, resume_from, prec, place, logging_steps=None, control=None, callbacks=(),
-        chunked_loss=True):
+        chunked_loss=True, planned_steps=None):
     """Run the Trainer over the blocks (resuming from a checkpoint when given); returns (trainer, result).
     `control` is a RunControl (a fresh one when None); `callbacks` are added after it. `chunked_loss=False`
-    computes the loss as the model does (its full logits; the benchmark's A/B)."""
+    computes the loss as the model does (its full logits; the benchmark's A/B). A checkpoint at `planned_steps`
+    (the run stopped at its last step, or killed while it was being saved) is the finished run: its adapter and
+    state are loaded and no step is trained (the Trainer would train one more)."""
     import torch
     from torch.utils.tensorboard import SummaryWriter
     from transformers import Trainer, default_data_collator
@@ -68,6 +70,13 @@ def fit(model, tokenizer, blocks, args, out, resume_from, prec, place, logging_s
         fsdp.no_casts(trainer)
         trainer.add_callback(fsdp.checked_at_start(trainer))  # and the prepared model really sharded
     try:
+        if resume_from is not None and planned_steps is not None and checkpoints.step_of(resume_from) >= planned_steps:
+            from transformers import TrainerState
+
+            trainer._load_from_checkpoint(resume_from)
+            trainer.state = TrainerState.load_from_json(os.path.join(resume_from, checkpoints.TRAINER_STATE))
+            print(f"--resume: {resume_from} holds the run's last step ({planned_steps}): it is the finished run")
+            return trainer, None
         with loss or contextlib.nullcontext(), control.handling_signals():
             result = trainer.train(resume_from_checkpoint=resume_from)
     finally:
