@@ -83,6 +83,10 @@ def main(argv=None):
             raise UserError(f"{e} {folder.step_of(out)}, in {plan.precision.why}: the numbers left the range of the "
                             f"precision or the updates diverged; train with --dtype fp32 or a lower --learning_rate; "
                             f"{folder.kept(out)}") from None
+        if control.interrupted:  # Ctrl-C: the checkpoint of the step it landed in was saved
+            print(f"\ninterrupted at step {trainer.state.global_step}: {folder.kept(out)} in {out}; continue with: "
+                  f"{continue_command()}", file=sys.stderr)
+            sys.exit(INTERRUPTED)
         if control.stop_requested:
             print(f"stopped on {control.stop_requested} at step {trainer.state.global_step}: {folder.kept(out)}; "
                   f"continue with: {continue_command()}", file=sys.stderr)

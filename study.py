@@ -28,7 +28,7 @@ from keys_values.experiment import layout
 from keys_values.study import recipe
 from keys_values.study.dry_run import print_dry_run
 from keys_values.study.plan import StudyPlan
-from utils import UserError, run_main
+from utils import INTERRUPTED, UserError, run_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = {"train": os.path.join(HERE, "llama2_classification_multi_tasks.py"),
@@ -60,8 +60,14 @@ def main(argv=None):
     slurm = launch.SlurmOptions(partition=own.partition, time=own.time, gpus_per_task=own.gpus_per_run,
                                 cpus_per_task=own.cpus_per_task, mem=own.mem, account=own.account,
                                 array_parallelism=own.array_parallelism, additional=sbatch)
-    outcomes = launch.run_all(runs, own.launcher, parallel=own.parallel, gpus_per_run=own.gpus_per_run, slurm=slurm,
-                              folder=plan.logs)
+    try:
+        outcomes = launch.run_all(runs, own.launcher, parallel=own.parallel, gpus_per_run=own.gpus_per_run,
+                                  slurm=slurm, folder=plan.logs)
+    except KeyboardInterrupt:  # each training that was running saved a checkpoint at its step; statuses written
+        where = ("the Slurm array keeps running" if own.launcher == "slurm" else
+                 f"the runs in progress kept a checkpoint (logs in {plan.logs})")
+        print(f"\ninterrupted: {where}; the same command again continues the study", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     report(plan)
     print(f"study: {time.time() - t0:.0f} s")
     failed = launch.failures_message(outcomes)

@@ -2,10 +2,11 @@
 
 RunControl (1) logs the loss whenever a checkpoint is saved and at the last step, so that the log history of
 every checkpoint covers every step before it (train_loss_of), (2) on SIGUSR1 or SIGTERM (a scheduler's time
-limit or pre-emption) saves a checkpoint at the end of the current optimizer step and stops the training there
-(the run then exits with utils.RESUMABLE), (3) gives each checkpoint's files the umask's mode, and (4) on
---resume saves and logs at this run's intervals, not the checkpoint's. Its signal handlers are installed only
-while `with control.handling_signals():` runs, and the earlier ones put back after."""
+limit or pre-emption) or Ctrl-C (SIGINT) saves a checkpoint at the end of the current optimizer step and stops
+the training there (the run then exits with utils.RESUMABLE, or utils.INTERRUPTED after Ctrl-C; a second Ctrl-C
+stops at once), with every process of a distributed run agreeing on that step, (3) gives each checkpoint's files
+the umask's mode, and (4) on --resume saves and logs at this run's intervals, not the checkpoint's. Its signal
+handlers are installed only while `with control.handling_signals():` runs, and the earlier ones put back after."""
 
 import os
 import signal
@@ -16,18 +17,25 @@ from transformers import TrainerCallback
 from keys_values.experiment import layout
 from utils import follow_umask
 
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
 class RunControl(TrainerCallback):
     stop_requested = None  # the name of the signal that asked the run to stop, or None
 
     def request_stop(self, signum, frame):
+        if signum == signal.SIGINT and self.stop_requested == "SIGINT":
+            raise KeyboardInterrupt  # a second Ctrl-C: at once
         self.stop_requested = signal.Signals(signum).name
+
+    @property
+    def interrupted(self):
+        """Whether Ctrl-C (SIGINT) asked for the stop."""
+        return self.stop_requested == "SIGINT"
 
     @contextmanager
     def handling_signals(self):
-        """SIGUSR1 / SIGTERM ask the run to stop at the end of its current step while the block runs."""
+        """SIGUSR1, SIGTERM and SIGINT ask the run to stop at the end of its current step while the block runs."""
         before = {sig: signal.signal(sig, self.request_stop) for sig in STOP_SIGNALS}
         try:
             yield self
@@ -35,8 +43,24 @@ class RunControl(TrainerCallback):
             for sig, handler in before.items():
                 signal.signal(sig, handler)
 
+    def agreed(self, args):
+        """Whether any process of the run was asked to stop: one all-reduce of the flag, so that every process
+        stops at the same step (a rank that stopped one step before the others would leave a collective waiting,
+        or mismatched). The processes that were not signalled take the signal's name of the one that was."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return bool(self.stop_requested)
+        codes = {None: 0, **{sig.name: k for k, sig in enumerate(STOP_SIGNALS, 1)}}
+        flag = torch.tensor([codes.get(self.stop_requested, 1)], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and not self.stop_requested:
+            self.stop_requested = STOP_SIGNALS[int(flag.item()) - 1].name
+        return bool(flag.item())
+
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stop_requested:
+        if self.agreed(args):
             control.should_save = control.should_training_stop = True
         if control.should_save or state.global_step >= state.max_steps:
             control.should_log = True

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -275,6 +276,49 @@ def test_multi_process_training_under_accelerate(tmp_path):
     record = json.load(open(os.path.join(only_dir(out), "experiment.json")))
     assert record["global_step"] == 2 and "one process of several" in record["placement"]
     assert p.stdout.count("trainable parameters:") == 2  # two processes each loaded a model
+
+
+@pytest.mark.slow  # two real processes, stopped
+def test_a_stop_reaches_both_processes_under_accelerate_and_the_run_resumes(tmp_path):
+    """The study's stop (SIGUSR1, as on a Slurm time limit) sent to `accelerate launch` and every process below it
+    (the workers run in sessions of their own): both ranks agree on the step, save one checkpoint there, and the
+    run resumed under accelerate ends at its planned step."""
+    import threading
+
+    from keys_values.experiment import checkpoints
+    from keys_values.launch import Run
+    from keys_values.launch.execution import Execution
+
+    out = str(tmp_path / "ddp")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), TRAIN, *SMALL,
+               "--pretrained_ckpt", small_llama(tmp_path, layers=1), "--tasks", "CB", "--target_modules", "q_proj",
+               "--max_steps", "300", "--save_steps", "100000", "--max_samples", "40", "--output_root", out]
+    execution = Execution(Run("ddp", [command], tmp_path / "ddp.log"), env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(outcome=execution()))
+    thread.start()
+    deadline = time.time() + 600
+    logs = None
+    while thread.is_alive() and time.time() < deadline and not (logs and os.path.isdir(logs) and os.listdir(logs)):
+        found = glob.glob(os.path.join(out, "CB", "*"))
+        logs = os.path.join(found[0], "logs") if found else None
+        time.sleep(0.2)
+    time.sleep(5)  # training
+    assert execution.stop()
+    thread.join(600)
+    outcome, log = result["outcome"], open(tmp_path / "ddp.log").read()
+    assert outcome.resumable and outcome.note == "interrupted (resumable)", log[-3000:]
+    exp = only_dir(out)
+    [(step, _)] = checkpoints.checkpoints(exp)  # one checkpoint, written at the step both ranks stopped at
+    said = re.findall(r"stopped on SIGUSR1 at step (\d+)", log)  # each rank says where it stopped: the same step
+    assert 0 < step < 300 and said == [str(step)] * 2, log[-3000:]
+    assert "Traceback" not in log and "mismatch" not in log.lower()
+    p = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=900, cwd=ROOT,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.load(open(os.path.join(exp, "experiment.json")))["global_step"] == 300
 
 
 def test_thousand_rows_longer_than_the_context_keep_their_cue(tmp_path):

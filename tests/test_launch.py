@@ -3,8 +3,11 @@ the stand-ins in tests/slurm_standin/ (put first on PATH), which run the array t
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import submitit
@@ -13,6 +16,7 @@ from submitit.slurm.slurm import SlurmInfoWatcher
 from keys_values import environment, launch
 from keys_values.launch import Outcome, Run, SlurmOptions
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slurm_standin")
 CORES = len(os.sched_getaffinity(0))
 
@@ -248,3 +252,116 @@ def test_a_study_as_a_slurm_job_array(tmp_path, slurm):
     assert "| q,v+up (keys) vs q,v+down (values) |" in md and "base (no adapter)" in md
     logs = sorted(os.listdir(os.path.join(out, "CB", "study-logs")))
     assert "base.log" in logs and sum(name.endswith(".log") for name in logs) == 3
+
+
+# a training stand-in under a launcher, in each shape a study meets: "plain" (the study's command is the training),
+# "launcher" (the command is a launcher like `accelerate launch`: it starts 2 workers in sessions of their own, as
+# torch's elastic agent does, and has no handler for the stop: it dies of it). Each worker, on its first start,
+# saves a "checkpoint" when SIGUSR1 or SIGINT reaches it (taking a moment, as a save does) and exits 75 (130 after
+# Ctrl-C); on its second start it finishes.
+WORKER = """
+import os, signal, sys, time
+starts, ready, checkpoint, rank = sys.argv[1:5]
+with open(starts, "a") as f:
+    f.write(f"start {rank}\\n")
+if open(starts).read().count(f"start {rank}") == 1:
+    def stop(signum, frame):
+        time.sleep(0.5)  # saving
+        with open(checkpoint, "a") as f:
+            f.write(f"checkpoint {rank} {signal.Signals(signum).name}\\n")
+        sys.exit(130 if signum == signal.SIGINT else 75)
+    signal.signal(signal.SIGUSR1, stop)
+    signal.signal(signal.SIGINT, stop)
+    open(f"{ready}.{rank}", "w").close()
+    time.sleep(60)
+    sys.exit(1)
+print("resumed from", open(checkpoint).read().count(f"checkpoint {rank}"), "checkpoint(s)")
+"""
+
+LAUNCHER = """
+import os, subprocess, sys, time
+worker, starts, ready, checkpoint = sys.argv[1:5]
+workers = [subprocess.Popen([sys.executable, "-c", worker, starts, ready, checkpoint, str(rank)],
+                            start_new_session=True) for rank in range(2)]
+while not all(os.path.exists(f"{ready}.{rank}") for rank in range(2)) and all(w.poll() is None for w in workers):
+    time.sleep(0.05)
+open(ready, "w").close()
+sys.exit(max(w.wait() for w in workers))
+"""
+
+
+def training_under(shape, tmp_path):
+    """(command, the files it writes) of the training stand-in in `shape`."""
+    starts, ready, checkpoint = (tmp_path / n for n in ("starts", "ready", "checkpoint"))
+    if shape == "plain":
+        return py(WORKER, starts, ready, checkpoint, 0), (starts, f"{ready}.0", checkpoint, 1)
+    return py(LAUNCHER, textwrap.dedent(WORKER), starts, ready, checkpoint), (starts, f"{ready}.0", checkpoint, 2)
+
+
+def wait_for_file(path, timeout=60):
+    deadline = time.time() + timeout
+    while not os.path.exists(path):
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def no_process_left(pattern):
+    """Whether no process of this user still runs a command line holding `pattern`."""
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if pattern.encode() in f.read() and int(name) != os.getpid():
+                    return False
+        except (OSError, ValueError):
+            continue
+    return True
+
+
+@pytest.mark.parametrize("shape", ["plain", "launcher"])
+def test_slurm_time_limit_reaches_every_worker_below_a_launcher_and_the_requeue_resumes(tmp_path, slurm,
+                                                                                       monkeypatch, shape):
+    command, (starts, ready, checkpoint, workers) = training_under(shape, tmp_path)
+    monkeypatch.setenv("SLURM_STANDIN_TIME_LIMIT", f"0:{ready}")  # SIGUSR2 to the task once the workers run
+    [outcome] = launch.run_all([Run("long", [command], tmp_path / "long" / "run.log")], "slurm", gpus_per_run=0,
+                               slurm=SlurmOptions(time=5, signal_delay_s=35), folder=tmp_path / "study",
+                               progress=lambda line: None)
+    assert (outcome.ok, outcome.returncode) == (True, 0)
+    # every worker saved on the stop (none orphaned, training on), then resumed from it in the requeued task
+    assert sorted(lines(checkpoint)) == [f"checkpoint {r} SIGUSR1" for r in range(workers)]
+    assert sorted(lines(starts)) == sorted([f"start {r}" for r in range(workers)] * 2)
+    log = open(outcome.log).read()
+    assert log.count("resumed from 1 checkpoint(s)") == workers and "the task is requeued" in log
+    assert no_process_left(str(starts))
+
+
+DRIVER = """
+import sys
+from keys_values import launch
+from keys_values.launch import Run
+command, log, launcher = eval(sys.argv[1]), sys.argv[2], sys.argv[3]
+try:
+    launch.run_all([Run("long", [command], log)], launcher, gpus=0)
+except KeyboardInterrupt:
+    print("driver: interrupted")
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("launcher", ["serial", "local"])
+@pytest.mark.parametrize("shape", ["plain", "launcher"])
+def test_ctrl_c_to_the_study_reaches_every_worker_and_the_status_is_written(tmp_path, launcher, shape):
+    """A terminal's Ctrl-C goes to the study's process group; the commands run in sessions of their own, so the
+    study forwards it to each one and every process below it, waits for them to save, writes the status and
+    ends in one line (no traceback from the output copier or the worker threads)."""
+    command, (starts, ready, checkpoint, workers) = training_under(shape, tmp_path)
+    log = tmp_path / "long" / "run.log"
+    p = subprocess.Popen([sys.executable, "-c", DRIVER, repr(command), str(log), launcher], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_file(ready)
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "driver: interrupted" in out and "Traceback" not in err, err
+    assert sorted(lines(checkpoint)) == [f"checkpoint {r} SIGINT" for r in range(workers)]
+    status = json.load(open(launch.status_path(Run("long", [command], log))))
+    assert status["ended"] is not None and status["returncode"] is not None
+    assert no_process_left(str(starts))

@@ -461,11 +461,11 @@ def wait_for(pattern_dir, name, proc, timeout=300):
 
 
 @pytest.mark.slow  # a real process, signalled
-@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted: checkpoint-"),
+@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted at step"),
                                            (signal.SIGUSR1, utils.RESUMABLE, "stopped on SIGUSR1 at step")])
 def test_an_interrupt_says_what_was_kept_and_how_to_continue(model, data, tmp_path, sig, code, said):
     out = str(tmp_path / "out")
-    argv = training(model, data, out, "--max_steps", "400", "--save_steps", "1")
+    argv = training(model, data, out, "--max_steps", "400", "--save_steps", "100000")  # no checkpoint but the stop's
     proc = start(argv)
     exp = None
     deadline = time.time() + 300
@@ -473,16 +473,18 @@ def test_an_interrupt_says_what_was_kept_and_how_to_continue(model, data, tmp_pa
         dirs = [d for d in (os.listdir(os.path.join(out, "CB")) if os.path.isdir(os.path.join(out, "CB")) else [])]
         exp = os.path.join(out, "CB", dirs[0]) if dirs else None
         time.sleep(0.1)
-    wait_for(exp, "scheduler.pt", proc)
+    logs = os.path.join(exp, layout.LOGS)  # written as the training starts (then its signal handlers are in)
+    while time.time() < deadline and proc.poll() is None and not (os.path.isdir(logs) and os.listdir(logs)):
+        time.sleep(0.1)
+    time.sleep(3)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == code, stderr[-2000:]
     lines = [line for line in stderr.splitlines() if said in line]
     assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in stderr
     assert state.state(exp) == "partial" and checkpoints.newest_whole_checkpoint(exp, report=lambda x: None)
-    if sig == signal.SIGUSR1:  # saved at the step it stopped at
-        step = int(lines[0].split("at step ")[1].split(":")[0])
-        assert checkpoints.checkpoints(exp)[-1][0] == step
+    step = int(lines[0].split("at step ")[1].split(":")[0])  # saved at the step it stopped at, Ctrl-C included
+    assert checkpoints.checkpoints(exp)[-1][0] == step and f"checkpoint-{step} kept" in lines[0]
 
 
 def test_a_folder_in_use_is_refused_in_one_line(model, data, tmp_path):
@@ -622,3 +624,28 @@ def test_a_run_whose_loss_is_not_finite_stops_in_one_line(model, data, tmp_path)
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert p.returncode == 2 and len(errors) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert "the training loss is nan before the first checkpoint" in errors[0] and "--dtype fp32" in errors[0]
+
+
+def _agree(rank, port, asked, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        control = callbacks.RunControl()
+        control.stop_requested = asked[rank]
+        args = type("Args", (), {"device": torch.device("cpu")})()
+        results[rank] = (control.agreed(args), control.stop_requested)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("asked", [("SIGUSR1", None), (None, "SIGINT"), (None, None)])
+def test_ranks_agree_on_a_stop_that_reached_one_of_them(asked):
+    """The stop flag is all-reduced at each step's end: when the signal reached one rank only (or one step before
+    the other), both stop at that step, under the signal's name, and with no signal neither stops."""
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_agree, args=(free_port(), asked, results), nprocs=2, join=True)
+    name = next((a for a in asked if a), None)
+    assert dict(results) == {0: (name is not None, name), 1: (name is not None, name)}

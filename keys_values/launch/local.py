@@ -4,6 +4,7 @@ without GPUs, `parallel` runs, each with its share of the cores (threads and CPU
 import concurrent.futures
 import os
 import queue
+import threading
 
 from keys_values import environment
 from keys_values.launch.execution import Execution
@@ -42,18 +43,35 @@ def run_local(runs, slots, tally, progress):
     for slot in slots:
         free.put(slot)
 
-    def one(run):
+    executions = [None] * len(runs)
+
+    def one(k):
         env, cores = free.get()  # as many workers as slots: there is always one free
         try:
+            run = runs[k]
             gpus = f", CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
+            executions[k] = Execution(run, env=env, cpus=cores)
+            if stopping.is_set():  # Ctrl-C came before this run started: it starts nothing
+                executions[k].stop()
             progress(f"{run.name}: starting on {len(cores)} core(s){gpus} (log {run.log})")
-            return Execution(run, env=env, cpus=cores)()
+            return executions[k]()
         finally:
             free.put((env, cores))
 
+    stopping = threading.Event()
     outcomes = [None] * len(runs)
     with concurrent.futures.ThreadPoolExecutor(len(slots)) as pool:
-        futures = {pool.submit(one, run): k for k, run in enumerate(runs)}
-        for f in concurrent.futures.as_completed(futures):
-            outcomes[futures[f]] = tally.finished(f.result())
+        futures = {pool.submit(one, k): k for k in range(len(runs))}
+        try:
+            for f in concurrent.futures.as_completed(futures):
+                outcomes[futures[f]] = tally.finished(f.result())
+        except KeyboardInterrupt:  # Ctrl-C: every running command saves and ends, its status written; none starts
+            stopping.set()
+            for f in futures:
+                f.cancel()
+            for execution in executions:
+                if execution is not None:
+                    execution.interrupt()
+            concurrent.futures.wait([f for f in futures if not f.cancelled()])
+            raise
     return outcomes
