@@ -499,6 +499,93 @@ def test_a_folder_in_use_is_refused_in_one_line(model, data, tmp_path):
     run(TRAIN, *argv)  # the lock went with its holder
 
 
+class NoFlock:
+    """fcntl as lock.py sees it on a file system without flock (NFS without a lock daemon, Lustre): flock fails."""
+
+    def __init__(self, code):
+        self.code = code
+
+    def __getattr__(self, name):
+        import fcntl
+
+        return getattr(fcntl, name)
+
+    def flock(self, f, op):
+        raise OSError(self.code, os.strerror(self.code))
+
+
+def dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP", "ENOSYS"])
+def test_without_flock_a_lock_file_still_refuses_a_second_writer_and_leaves_nothing(tmp_path, monkeypatch, code):
+    import errno
+
+    monkeypatch.setattr(lock, "fcntl", NoFlock(getattr(errno, code)))
+    said = []
+    folder = str(tmp_path / "out" / "CB" / "run")
+    with lock.lock(folder, "training", say=said.append):
+        assert said == [f"note: this file system gives no file locks ({errno.errorcode[getattr(errno, code)]}): "
+                        f"{folder}/.lock.held holds the folder instead"]
+        assert f"training (pid {os.getpid()} on host " in lock.holder(folder)
+        with pytest.raises(UserError, match=f"is in use by training \\(pid {os.getpid()} on host .*remove "
+                                            f"{folder}/.lock.held"):
+            with lock.lock(folder, "evaluation", say=said.append):
+                pass
+        assert state.state(folder) == "new"  # the lock files alone leave a folder new
+        open(os.path.join(folder, "experiment.json"), "w").close()
+    assert sorted(os.listdir(folder)) == [".lock", "experiment.json"] and lock.holder(folder) is None
+    with lock.lock(str(tmp_path / "other"), "training", say=said.append):
+        pass
+    assert not os.path.exists(tmp_path / "other")  # nothing written: nothing left
+
+
+def test_a_lock_file_whose_holder_ended_is_taken_over_and_one_of_another_host_is_refused(tmp_path, monkeypatch):
+    import errno
+    import socket
+
+    monkeypatch.setattr(lock, "fcntl", NoFlock(errno.ENOLCK))
+    folder = tmp_path / "run"
+    folder.mkdir()
+    held = folder / ".lock.held"
+    host = socket.gethostname()
+    for left in ({"what": "training", "host": host, "pid": dead_pid(), "since": "earlier"},  # killed -9
+                 {"what": "training", "host": host, "pid": os.getpid(), "start": -1, "since": "earlier"}):  # pid reused
+        held.write_text(json.dumps(left))
+        said = []
+        with lock.lock(str(folder), "evaluation", say=said.append):
+            assert json.loads(held.read_text())["pid"] == os.getpid()
+        assert len(said) == 2 and "which has ended: taken over" in said[1] and not held.exists()
+    held.write_text(json.dumps({"what": "training", "host": "node-17", "pid": 4242, "since": "earlier"}))
+    with pytest.raises(UserError, match="in use by training \\(pid 4242 on host node-17.*if that process has ended"):
+        with lock.lock(str(folder), "evaluation", say=lambda line: None):
+            pass
+    assert held.exists()  # another's lock is never removed
+    held.write_text("")  # a holder that died while writing it: in use at first, stale after a minute
+    with pytest.raises(UserError, match="in use by another process"):
+        with lock.lock(str(folder), "evaluation", say=lambda line: None):
+            pass
+    os.utime(held, (time.time() - 120, time.time() - 120))
+    with lock.lock(str(folder), "evaluation", say=lambda line: None):
+        pass
+    assert not held.exists()
+
+
+def test_training_on_a_file_system_without_flock_finishes_and_leaves_no_lock_file(model, data, tmp_path,
+                                                                                   monkeypatch):
+    import errno
+
+    monkeypatch.setattr(lock, "fcntl", NoFlock(errno.ENOLCK))
+    out = str(tmp_path / "out")
+    p = run(TRAIN, *training(model, data, out, "--max_steps", "1"))
+    assert p.stderr.count("gives no file locks (ENOLCK)") == 1 and "Traceback" not in p.stderr
+    exp = only_dir(out)
+    assert state.state(exp) == "finished" and not os.path.exists(os.path.join(exp, ".lock.held"))
+
+
 def test_a_wrong_experiment_dir_is_told_apart_from_an_unfinished_run(tmp_path):
     exp = tmp_path / "CB" / "classification-run"
     (exp / "assets").mkdir(parents=True)

@@ -9,12 +9,12 @@
 import json
 import os
 
-from keys_values.experiment.layout import ASSETS, CHECKPOINT, IDENTITY, LOCK, LOGS, RECORD, is_metrics_folder
+from keys_values.experiment.layout import ASSETS, CHECKPOINT, IDENTITY, LOCKS, LOGS, RECORD, is_metrics_folder
 
 
 def state(folder):
     """'new', 'partial' or 'finished' (see the module's docstring); the lock file alone leaves a folder new."""
-    if not os.path.isdir(folder) or not [f for f in os.listdir(folder) if f != LOCK]:
+    if not os.path.isdir(folder) or not [f for f in os.listdir(folder) if f not in LOCKS]:
         return "new"
     return "finished" if os.path.isfile(os.path.join(folder, RECORD)) else "partial"
 

@@ -90,7 +90,7 @@ def empty(out):
 
     for name in os.listdir(out):
         path = os.path.join(out, name)
-        if name != layout.LOCK:
+        if name not in layout.LOCKS:
             shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
 
 
