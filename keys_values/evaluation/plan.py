@@ -70,16 +70,19 @@ def resolve_run(cfg):
     if cfg.experiment_dir:
         exp = records.read_experiment(cfg.experiment_dir)
         trained = exp["args"]
+        check_base(cfg, trained, given)
         fill = {key: trained.get(key) for key in ("tasks", "bnb", "pretrained_ckpt", "data_root", "trust_remote_code")
                 if getattr(cfg, key) is None}
         cfg = dataclasses.replace(cfg, **fill)
-        given = {k: v for k, v in given.items() if (k == "dtype" or v != trained.get(k))
+        given = {k: v for k, v in given.items() if (k in ("dtype", "base") or v != trained.get(k))
                  and not (k == "data_root" and exp.get("layout") == "original")}  # its data root is not known
         if not cfg.tasks:
             raise UserError(f"{cfg.experiment_dir}: its tasks cannot be read from the folder's name; pass --tasks")
         if not cfg.pretrained_ckpt:
             raise UserError(f"{cfg.experiment_dir}: no base model recorded; pass --pretrained_ckpt")
         return cfg, given, cfg.experiment_dir, exp
+    if cfg.allow_other_base:
+        raise UserError("--allow_other_base is for an adapter (--experiment_dir) evaluated on another base")
     if not cfg.pretrained_ckpt:
         raise UserError("give --experiment_dir (a trained adapter) or --pretrained_ckpt (the base model alone)")
     if not cfg.tasks:
@@ -89,6 +92,22 @@ def resolve_run(cfg):
     cfg = dataclasses.replace(cfg, bnb=bool(cfg.bnb), dtype=cfg.dtype or "auto",
                               trust_remote_code=bool(cfg.trust_remote_code))
     return cfg, given, layout.base_dir(cfg.output_root, cfg.tasks, cfg.pretrained_ckpt), None
+
+
+def check_base(cfg, trained, given):
+    """An adapter is evaluated on the base it was trained on: another --pretrained_ckpt is one line naming both,
+    unless --allow_other_base, which puts that base's label in `given` (its metrics folder and identity)."""
+    recorded = trained.get("pretrained_ckpt")
+    if cfg.pretrained_ckpt is None or recorded is None:
+        return
+    models.resolve_checkpoint(cfg.pretrained_ckpt)  # a base that is not there is its own line
+    if models.same_base(cfg.pretrained_ckpt, recorded):
+        return
+    if not cfg.allow_other_base:
+        raise UserError(f"{cfg.experiment_dir}: its adapter was trained on {recorded}, not on --pretrained_ckpt "
+                        f"{cfg.pretrained_ckpt}: leave --pretrained_ckpt out to evaluate it on its own base, or pass "
+                        f"--allow_other_base to evaluate it on {cfg.pretrained_ckpt} (into a metrics folder of its own)")
+    given["base"] = models.base_label(cfg.pretrained_ckpt)
 
 
 def prompt_budget(cfg, model_config):
@@ -109,7 +128,8 @@ def plan_evaluation(cfg):
     prec = precision.precision(cfg.dtype, cfg.bnb, cfg.scoring)
     budget = prompt_budget(cfg, model_config)
     ids = {t.name: identity.evaluation(t.scoring(cfg.scoring), cfg.max_test_samples, cfg.max_new_tokens, budget,
-                                       prec.bnb, prec.dtype, identity.data_fingerprint({t.name: loaded[t.name][0]}))
+                                       prec.bnb, prec.dtype, identity.data_fingerprint({t.name: loaded[t.name][0]}),
+                                       given.get("base"))
            for t in tasks}
     return EvaluationPlan(cfg, given, out, exp, tasks, loaded, ckpt, prec, budget, metrics_folder(cfg, given), ids)
 
@@ -118,7 +138,7 @@ def metrics_folder(cfg, given):
     """metrics/ for the default evaluation, metrics-<parts>/ for another (layout.metrics_folder): --bnb, --dtype
     and --data_root count only where `given` holds them (set on the command line apart from the record)."""
     return layout.metrics_folder(cfg.scoring, cfg.max_test_samples, cfg.max_new_tokens, cfg.max_input_length,
-                                 given.get("bnb"), given.get("dtype"), given.get("data_root"))
+                                 given.get("bnb"), given.get("dtype"), given.get("data_root"), given.get("base"))
 
 
 def pending_tasks(cfg):

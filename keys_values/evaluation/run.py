@@ -11,7 +11,7 @@ from keys_values.evaluation.generate import NonFinite, generate_task
 from keys_values.evaluation.rank import candidates, rank_tasks
 from keys_values.evaluation.score import score
 from keys_values.experiment import layout
-from utils import write_json, write_jsonl
+from utils import UserError, write_json, write_jsonl
 
 
 def load_model(plan):
@@ -24,7 +24,14 @@ def load_model(plan):
     model = models.load_base(plan.checkpoint, plan.precision, precision.this_placement(), cfg.trust_remote_code)
     if plan.record is None:
         return model.eval(), models.load_tokenizer(plan.checkpoint, cfg.trust_remote_code)
-    model = PeftModel.from_pretrained(model, layout.assets(plan.folder))
+    try:
+        model = PeftModel.from_pretrained(model, layout.assets(plan.folder))
+    except RuntimeError as e:  # --allow_other_base on a base of other shapes
+        if "size mismatch" not in str(e):
+            raise
+        first = next(line.strip() for line in str(e).splitlines() if "size mismatch" in line)
+        raise UserError(f"the adapter in {layout.assets(plan.folder)} does not fit the base {plan.checkpoint}: "
+                        f"{first[:300]}") from None
     write_norms(model, plan.folder, plan.record, plan.norms_path)
     if not plan.precision.bnb:
         model = model.merge_and_unload()

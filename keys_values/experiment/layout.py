@@ -117,10 +117,11 @@ def study_logs(root, tasks):
 
 
 def metrics_folder(scoring=None, max_test_samples=None, max_new_tokens=None, max_input_length=None, bnb=None,
-                   dtype=None, data_root=None):
+                   dtype=None, data_root=None, base=None):
     """The folder of an evaluation's metrics inside an experiment: `metrics` (the original's place) for the
     default evaluation, `metrics-<parts>` for another, from the flags that differ from the defaults (None: the
-    default; `bnb`, `dtype` and `data_root` only when given on the command line)."""
+    default; `bnb`, `dtype` and `data_root` only when given on the command line; `base`: the label of a base other
+    than the adapter's own, --allow_other_base)."""
     default = config.evaluation_default
     scoring = scoring or default("scoring")
     max_test_samples = default("max_test_samples") if max_test_samples is None else max_test_samples
@@ -140,6 +141,8 @@ def metrics_folder(scoring=None, max_test_samples=None, max_new_tokens=None, max
         parts.append(dtype)
     if data_root is not None:
         parts.append("data-" + identity.fingerprint(os.path.abspath(data_root), 6))
+    if base is not None:
+        parts.append(f"base-{base}")
     return "-".join([METRICS, *parts])
 
 
