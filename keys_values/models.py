@@ -164,13 +164,61 @@ def meta_model(config, trust_remote_code=False):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
-def load_tokenizer(path, trust_remote_code=False):
+def load_tokenizer(path, trust_remote_code=False, say=print):
+    """The tokenizer as the project's encodings mean it: a text is encoded with the tokens the tokenizer puts
+    before it (BOS, where it adds one) and nothing after it, the project adding EOS itself where one belongs (a
+    training text's end, a ranked label's end). A tokenizer that appends EOS (or any token) to every text, as
+    Llama and Mistral tokenizers saved with add_eos_token=True do, has that turned off, in one line through `say`
+    (a slow tokenizer where it cannot be: UserError). A special token's text inside a data row (`<|im_end|>`) is
+    encoded as text (split_special_tokens), never as the special token. No pad token: EOS pads."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **hub_kwargs(path))
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, split_special_tokens=True,
+                                        **hub_kwargs(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    leading, trailing = added_tokens(tok)
+    if trailing:
+        names = " ".join(tok.convert_ids_to_tokens(trailing))
+        no_trailing(tok, leading)
+        if added_tokens(tok) != (leading, []):
+            raise UserError(f"the tokenizer of {path} appends {names} to every text and it cannot be turned off "
+                            f"here (use its fast version, or save it with add_eos_token=False)")
+        say(f"note: the tokenizer of {path} appends {names} to every text: turned off (EOS is added where it "
+            f"belongs: after a training text and a ranked label; a prompt ends where its text ends)")
     return tok
+
+
+def added_tokens(tok):
+    """(leading, trailing): the token ids the tokenizer adds before and after a text's own tokens."""
+    text = "The cat sat on the mat"
+    own = tok(text, add_special_tokens=False)["input_ids"]
+    full = tok(text)["input_ids"]
+    for i in range(len(full) - len(own) + 1):
+        if full[i:i + len(own)] == own:
+            return full[:i], full[i + len(own):]
+    return full, []  # not found as a run: leave it as it is
+
+
+def no_trailing(tok, leading):
+    """Make the tokenizer add `leading` alone: its add_eos_token switch where it has one (Llama's), else its
+    post-processor (fast tokenizers) rebuilt to put the leading tokens before the text and nothing after."""
+    if getattr(tok, "add_eos_token", None):
+        try:
+            tok.add_eos_token = False
+        except (AttributeError, ValueError):
+            pass
+        if added_tokens(tok) == (leading, []):
+            return
+    backend = getattr(tok, "_tokenizer", None)
+    if backend is None:
+        return
+    from tokenizers.processors import TemplateProcessing
+
+    names = tok.convert_ids_to_tokens(leading)
+    single = " ".join([*names, "$A"])
+    backend.post_processor = TemplateProcessing(single=single, pair=f"{single} $B:1",
+                                                special_tokens=sorted(set(zip(names, leading))))
 
 
 def load_base(ckpt, prec, place, trust_remote_code=False):

@@ -8,6 +8,7 @@ import pytest
 import prompts
 from conftest import MODEL, SAMPLE
 from keys_values import config, data, models, packing
+from keys_values.evaluation import rank
 from prompts import TASKS
 
 
@@ -127,3 +128,55 @@ def test_optimizer_steps_as_the_trainer_counts_them(blocks, batch, accum, epochs
     assert packing.optimizer_steps(blocks, args) == steps
     args.max_steps = 7
     assert packing.optimizer_steps(blocks, args) == 7
+
+
+# ---- tokenizers that add tokens after every text -----------------------------------------------------------------
+
+def tokenizer_variant(kind, folder):
+    """The embedded model's tokenizer saved as a tokenizer of another kind would be: one that appends EOS
+    (add_eos_token=True, as several Llama and Mistral tokenizers ship), one whose post-processor wraps every
+    text in BOS ... EOS, one that appends another special token."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    if kind == "add_eos_token":
+        tok = AutoTokenizer.from_pretrained(MODEL, add_eos_token=True)
+    else:
+        tok = AutoTokenizer.from_pretrained(MODEL)
+        single = {"bos_and_eos": "<|im_start|> $A <|im_end|>", "appends_endoftext": "$A <|endoftext|>"}[kind]
+        special = [(t, tok.convert_tokens_to_ids(t)) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+                   if t in single]
+        tok._tokenizer.post_processor = TemplateProcessing(single=single, special_tokens=special)
+    assert models.added_tokens(tok)[1], "the variant appends a token"
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("kind,leading", [("add_eos_token", []), ("bos_and_eos", ["<|im_start|>"]),
+                                          ("appends_endoftext", [])])
+def test_a_tokenizer_that_appends_tokens_encodes_what_the_project_means(tmp_path, kind, leading):
+    said = []
+    tok = models.load_tokenizer(tokenizer_variant(kind, tmp_path / kind), say=said.append)
+    assert len(said) == 1 and "appends" in said[0] and "turned off" in said[0]
+    assert models.added_tokens(tok) == (tok.convert_tokens_to_ids(leading), [])  # BOS kept where it was added
+    eos = tok.eos_token_id
+    task = prompts.TASKS["CB"]
+    fields = {"premise": "The bridge is old.", "hypothesis": "It is old."}
+    text = prompts.prompt_text(task, fields) + "entailment"
+    [(ids, mask)] = packing.encode_texts(tok, [text], [len(text) - len("entailment")])
+    assert ids.count(eos) == 1 and ids[-1] == eos and mask[-1] == 1  # one EOS, the project's
+    _, prompt_ids = packing.fit_prompt(tok, task, fields, 512)
+    assert eos not in prompt_ids and prompt_ids[:len(leading)] == tok.convert_tokens_to_ids(leading)
+    shared, conts = rank.candidates(tok, prompts.prompt_text(task, fields), prompt_ids, prompts.choices(task))
+    assert all(c.count(eos) == 1 and c[-1] == eos for c in conts)
+
+
+def test_a_plain_tokenizer_is_left_as_it_is_and_special_token_text_in_a_row_stays_text():
+    said = []
+    tok = models.load_tokenizer(MODEL, say=said.append)
+    assert said == [] and models.added_tokens(tok) == ([], [])
+    specials = set(tok.all_special_ids)
+    for text in ("a row with <|im_end|> inside", "<|endoftext|><|im_start|>user", "ends with <|im_end|>"):
+        [(ids, _)] = packing.encode_texts(tok, [text], [0])
+        assert not specials & set(ids[:-1]), text  # the text's own tokens: none of them special
+        assert tok.decode(ids[:-1]) == text
