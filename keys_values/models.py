@@ -253,6 +253,36 @@ def context_length(config):
     return getattr(config, "max_position_embeddings", None) or 10**9
 
 
+def position_kind(config):
+    """How the model encodes positions: 'rope' (rotary: Llama, Mistral, Qwen, Gemma, Phi, GPT-J, GPT-NeoX,
+    Falcon...), 'alibi' (BLOOM, MPT, Falcon with alibi) — both run past the positions they were trained with,
+    extrapolating — or 'absolute' (a learned table of positions: GPT-2, OPT, GPT-Neo), which cannot."""
+    if getattr(config, "alibi", False) or config.model_type in ("bloom", "mpt"):
+        return "alibi"
+    rotary = ("rope_parameters", "rope_theta", "rope_scaling", "rotary_dim", "rotary_pct", "rotary_emb_base",
+              "partial_rotary_factor")
+    if any(getattr(config, k, None) is not None for k in rotary) or \
+            getattr(config, "position_embedding_type", None) == "rotary":
+        return "rope"
+    return "absolute"
+
+
+def check_block_length(length, config, model, flag="--max_seq_length", say=print):
+    """A block of `length` tokens on a model with fewer positions: one line (UserError) where the positions are
+    a learned table (an index past it fails), a warning naming the extrapolation where they are rotary (RoPE)
+    or ALiBi. Nothing where the model has no recorded limit."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not limit or length <= limit:
+        return
+    kind = position_kind(config)
+    if kind == "absolute":
+        raise UserError(f"{flag} {length} is more than the {limit} positions of {model} (a learned table of "
+                        f"absolute positions: no position past {limit} exists): use {flag} {limit} or less")
+    say(f"warning: {flag} {length} is more than the {limit} positions {model} was trained with: "
+        f"{'RoPE' if kind == 'rope' else 'ALiBi'} extrapolates past them, and quality may drop "
+        f"({flag} {limit} stays within them)")
+
+
 
 
 def library_versions():

@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 
+import utils
 from conftest import MODEL, SAMPLE, TRAIN, run
 from keys_values import config, lora, memory, models, precision, structure
 from tiny_models import MODEL_TYPES
@@ -218,3 +219,39 @@ def test_dry_run_on_every_architecture_counts_its_lora_activations(model_type, t
     assert sorted(planned_inputs) == sorted(widths) and ffn > 0
     assert plan["memory_estimate_bytes"]["activations"] == layers * tokens * memory.layer_activation_bytes(
         s, planned_inputs, 8, 0.1 if model_type not in MOE else 0, prec, False, products) + (4 * s["d"] + 4) * tokens
+
+
+# how each architecture of the roles table encodes positions, by its modelling code: a learned table (GPT-2's wpe,
+# OPT's embed_positions) or rotary; Falcon with alibi=True runs on ALiBi
+ABSOLUTE = {"gpt2", "opt"}
+
+
+@pytest.mark.parametrize("model_type,alibi", [(t, False) for t in MODEL_TYPES] + [("falcon", True)])
+def test_blocks_longer_than_the_models_positions(model_type, alibi, tmp_path, capsys):
+    """--max_seq_length past the model's positions: one line before any weight loads where positions are a
+    learned table, a warning naming the extrapolation (RoPE, ALiBi) where they are not; within them, nothing."""
+    import llama2_classification_multi_tasks as train
+    from tiny_models import tiny_config, tokenizer
+
+    folder = str(tmp_path / model_type)
+    layers = 1 if model_type == "qwen3_moe" else 2  # its dense block has names peft rewrites: experts only
+    tiny_config(model_type, layers, **({"alibi": True} if alibi else {}),
+                max_position_embeddings=32).save_pretrained(folder)
+    tokenizer().save_pretrained(folder)  # a config and a tokenizer, no weights: nothing may load them
+    argv = ["--pretrained_ckpt", folder, "--data_root", SAMPLE, "--tasks", "CB", "--target_modules", "values",
+            "--dropout", "0", "--max_samples", "8", "--dtype", "fp32", "--dry_run", "--output_root", str(tmp_path / "out")]
+    kind = "alibi" if alibi else "absolute" if model_type in ABSOLUTE else "rope"
+    assert models.position_kind(models.load_config(folder)) == kind
+    if kind == "absolute":
+        with pytest.raises(utils.UserError, match=f"--max_seq_length 64 is more than the 32 positions of {folder} "
+                                                  f"\\(a learned table"):
+            train.main([*argv, "--max_seq_length", "64"])
+    else:
+        capsys.readouterr()
+        train.main([*argv, "--max_seq_length", "64"])
+        out = capsys.readouterr().out
+        assert f"warning: --max_seq_length 64 is more than the 32 positions {folder} was trained with: " \
+               f"{'RoPE' if kind == 'rope' else 'ALiBi'} extrapolates" in out
+    capsys.readouterr()
+    train.main([*argv, "--max_seq_length", "32"])
+    assert "positions" not in capsys.readouterr().out.split("{")[0]

@@ -46,9 +46,10 @@ def tiny_config(model_type, layers=2, **overrides):
         shape = {**DEFAULT_SHAPE, **shape}
     if model_type in ("qwen2_moe", "qwen3_moe"):
         shape["mlp_only_layers"] = [layers - 1] if layers > 1 else []
-    return AutoConfig.for_model(model_type, num_hidden_layers=layers, vocab_size=len(tok),
-                                max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **{**shape, **overrides})
+    settings = {"num_hidden_layers": layers, "vocab_size": len(tok), "max_position_embeddings": 2048,
+                "tie_word_embeddings": True, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                "pad_token_id": tok.pad_token_id, **shape, **overrides}
+    return AutoConfig.for_model(model_type, **settings)
 
 
 def tiny_model(model_type, layers=2, seed=0, **overrides):

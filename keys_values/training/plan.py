@@ -120,6 +120,8 @@ def plan_run(cfg, machine=None, examples=None, model=None, quiet=False):
         model_config = models.load_config(ckpt, cfg.trust_remote_code)
         model = (ckpt, model_config, models.meta_model(model_config, cfg.trust_remote_code))
     ckpt, model_config, meta = model
+    models.check_block_length(cfg.max_seq_length, model_config, cfg.pretrained_ckpt,
+                              say=(lambda line: None) if quiet else print)
     targets = roles.resolve(cfg.target_modules, meta, dropout=cfg.dropout)
     if targets.derivation and not quiet:
         print(targets.derivation)
