@@ -10,6 +10,7 @@ import pytest
 
 import study
 import utils
+from conftest import SAMPLE
 from keys_values import config, models
 from keys_values.evaluation.plan import plan_evaluation
 from keys_values.experiment import layout
@@ -164,3 +165,23 @@ def test_dry_run_writes_nothing_and_loads_no_weights(tmp_path, monkeypatch, caps
     lines = [line for line in out.splitlines() if line.startswith(("attention_qv", "q_proj"))]
     assert len(lines) == 8 and all(" new " in line for line in lines)
     assert "total:" in out and "optimizer steps" in out and "peak memory per device" in out
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "opt", "falcon", "gpt_neox", "phi3"])
+def test_dry_run_of_a_study_on_other_architectures(model_type, tmp_path, monkeypatch, capsys):
+    """study.py --dry_run on architectures whose configs name their widths otherwise (GPT-2's n_inner, OPT's
+    ffn_dim, Falcon's ffn_hidden_size...): every setting of the role words planned, with a memory estimate that
+    counts the LoRA activations of the modules adapted, from a config and a tokenizer alone."""
+    from tiny_models import tiny_config, tokenizer
+
+    folder = str(tmp_path / model_type)
+    tiny_config(model_type).save_pretrained(folder)
+    tokenizer().save_pretrained(folder)  # no weights: none may load
+    monkeypatch.setattr(models, "load_base", lambda *a, **k: (_ for _ in ()).throw(AssertionError("weights loaded")))
+    study.main(["--pretrained_ckpt", folder, "--data_root", SAMPLE, "--tasks", "CB", "--output_root",
+                str(tmp_path / "out"), "--settings", "attention_qv", "attention_qv keys", "attention_qv values",
+                "--max_steps", "2", "--dropout", "0", "--dry_run"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if " new " in line]
+    assert len(rows) == 3 and "peak memory per device" in out and "Traceback" not in out
+    assert not os.path.exists(tmp_path / "out")
