@@ -9,6 +9,9 @@ plan hold? One command, at most about 8 minutes on one H200, one table at the en
    the 4-bit base with a fresh adapter: how many of the 64 generations are equal.
 3. Knowledge editing: 32 of the bundled edits on layer 21's values of the same model in bf16 (FT-L, 25 steps, 16
    edits at once): edits/s and the peak GPU memory against the editing plan's estimate.
+4. FSDP2 with 4-bit weights: the embedded model trained with --bnb for 4 steps on one process under
+   `accelerate launch` with accelerate_configs/fsdp2.yaml and without it: the losses and adapters must be equal
+   (FSDP2 stores the packed weights in bf16; the byte check after sharding runs in the FSDP2 one).
 
     python scripts/gpu_check.py [--steps 20] [--prompts 64]
 """
@@ -114,6 +117,7 @@ def main():
         # 3. knowledge editing: the bundled edits on layer 21's values, FT-L's 25 steps, in bf16 (random weights: the
         # speed and memory of editing a 7B model, not its metrics)
         rows += editing_rows(folder, tok, a.edits)
+    rows += fsdp_4bit_rows()
     print(f"\ngpu-check on {torch.cuda.get_device_name()} (torch {torch.__version__}), {time.time() - t0:.0f} s in all")
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -160,3 +164,44 @@ def editing_rows(folder, tok, n):
 
 if __name__ == "__main__":
     main()
+
+
+def fsdp_4bit_rows():
+    """4. The same --bnb run plain and under FSDP2 on one process: largest loss and adapter differences."""
+    import glob
+    import json
+    import subprocess
+
+    import torch
+    from safetensors.torch import load_file
+
+    from keys_values import config as flags
+
+    train = os.path.join(HERE, "llama2_classification_multi_tasks.py")
+    common = ["--pretrained_ckpt", os.path.join(HERE, flags.EMBEDDED_MODEL), "--bnb", "--dtype", "bf16", "--tasks",
+              "CB", "--data_root", os.path.join(HERE, "sample_data"), "--max_steps", "4", "--dropout", "0",
+              "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--logging_steps", "1",
+              "--save_steps", "4", "--target_modules", "q_proj", "v_proj", "up_proj"]
+    out = {}
+    with tempfile.TemporaryDirectory() as root:
+        for name, prefix in (("plain", [sys.executable, train]),
+                             ("fsdp2", [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                                        os.path.join(HERE, "accelerate_configs", "fsdp2.yaml"), "--num_processes",
+                                        "1", train])):
+            p = subprocess.run([*prefix, *common, "--output_root", os.path.join(root, name)], capture_output=True,
+                               text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if p.returncode:
+                return [(f"FSDP2 --bnb check: the {name} run failed", p.stderr.strip().splitlines()[-1][:200])]
+            [exp] = glob.glob(os.path.join(root, name, "*", "*"))
+            state = json.load(open(os.path.join(exp, "checkpoint-4", "trainer_state.json")))
+            out[name] = ([e["loss"] for e in state["log_history"] if "loss" in e],
+                         load_file(os.path.join(exp, "assets", "adapter_model.safetensors")), p.stdout)
+    (la, aa, _), (lb, ab, said) = out["plain"], out["fsdp2"]
+    loss = max(abs(x - y) for x, y in zip(la, lb))
+    adapter = max((aa[k].float() - ab[k].float()).abs().max().item() for k in aa) if aa.keys() == ab.keys() else \
+        float("inf")
+    checked = "byte for byte as loaded" in said
+    return [("FSDP2 --bnb (1 process) vs plain: largest loss difference", f"{loss:.2e} over {len(la)} steps"),
+            ("FSDP2 --bnb (1 process) vs plain: largest adapter difference", f"{adapter:.2e}"),
+            ("FSDP2 --bnb: packed weights checked after sharding", "yes" if checked else "NO"),
+            ("  (torch)", torch.__version__)]

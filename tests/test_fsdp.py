@@ -50,6 +50,8 @@ def test_fsdp2_on_two_processes_trains_as_one(model, tmp_path, quantised):
     assert record["placement"].startswith("FSDP2: the model sharded over 2 processes") and record["processes"] == 2
     assert record["identity"]["processes"] == 2 and record["precision"]["bnb"] == bool(quantised)
     assert os.path.isdir(os.path.join(b, "checkpoint-2", "pytorch_model_fsdp_0"))  # sharded checkpoints
+    if quantised:  # the packed 4-bit weights, gathered back from their shards, checked byte for byte
+        assert "FSDP2: the 14 packed 4-bit weights gathered from their shards are byte for byte as loaded" in p.stdout
     la, lb = losses(a), losses(b)
     assert len(la) == len(lb) == 2 and all(abs(x - y) < 1e-4 for x, y in zip(la, lb)), (la, lb)
     adapter_a = load_file(os.path.join(a, "assets", "adapter_model.safetensors"))
@@ -67,3 +69,23 @@ def test_fsdp_asked_for_and_not_running_is_one_line(model, tmp_path):
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert p.returncode == 2 and len(errors) == 1 and "FSDP2 was asked for" in errors[0], p.stderr[-2000:]
     assert "Traceback" not in p.stderr and not glob.glob(os.path.join(out, "*", "*", "checkpoint-*"))
+
+
+def test_packed_4bit_weights_whose_bytes_changed_are_named(model):
+    """check_packed on one process (no shards: the weights as they are): unchanged weights pass and are counted;
+    one rewritten byte (as a collective canonicalising a NaN pattern would) is one line naming the weight."""
+    import torch
+
+    from keys_values import fsdp, models, precision
+    from utils import UserError
+
+    m = models.load_base(model, precision.precision("fp32", True, "train"), precision.placement(0, False))
+    digests = fsdp.packed_digests(m)
+    assert len(digests) == 2 * 7  # q k v o gate up down in 2 layers
+    assert fsdp.check_packed(m, digests, say=lambda line: None) == 14
+    weight = m.get_submodule("model.layers.1.mlp.up_proj").weight
+    raw = weight.data.view(-1).view(torch.uint8)
+    raw[5] ^= 0x40
+    with pytest.raises(UserError, match=r"FSDP2 changed the bytes of 1 packed 4-bit weight\(s\) "
+                                        r"\(model.layers.1.mlp.up_proj first\)"):
+        fsdp.check_packed(m, digests)

@@ -68,7 +68,8 @@ def fit(model, tokenizer, blocks, args, out, resume_from, prec, place, logging_s
     if fsdp.requested():
         fsdp.check_active(trainer)  # asked for and not running: one line, before any step
         fsdp.no_casts(trainer)
-        trainer.add_callback(fsdp.checked_at_start(trainer))  # and the prepared model really sharded
+        # and the prepared model really sharded, its packed 4-bit weights unchanged by the sharding
+        trainer.add_callback(fsdp.checked_at_start(trainer, fsdp.packed_digests(model)))
     try:
         if resume_from is not None and planned_steps is not None and checkpoints.step_of(resume_from) >= planned_steps:
             from transformers import TrainerState
