@@ -59,6 +59,10 @@ def metrics(gold, predictions, strict_predictions, choices=None):
     }
     if choices is not None:
         out["invalid_rate"] = sum(p not in choices for p in predictions) / n
+        # what was answered, most often first ("" or another text: an answer naming no label): a constant
+        # predictor has one entry
+        out["prediction_counts"] = dict(Counter(p if p in choices else "(no label)" for p in predictions)
+                                        .most_common())
     else:
         scores = [squad_scores(p, g) for p, g in zip(predictions, gold)]
         out["exact_match"] = sum(s[0] for s in scores) / n

@@ -1,6 +1,6 @@
 """The statistics the reports use, each hand-checked in tests/test_statistics.py: Wilson intervals, exact
-(stratified) McNemar tests, the paired difference of two accuracies, bootstrap intervals, and Wilcoxon's
-signed-rank test. Numbers in, numbers out: nothing here reads a file."""
+(stratified) McNemar tests, the paired difference of two accuracies (Newcombe's interval; over seeds, a bootstrap
+over the examples with the seeds inside), bootstrap intervals, and Wilcoxon's signed-rank test. Numbers in, numbers out: nothing here reads a file."""
 
 import math
 
@@ -45,12 +45,48 @@ def stratified_mcnemar(strata):
     return b, c, binomial_p(b, c)
 
 
-def paired_difference(b, c, n, z=Z95):
-    """Difference in accuracy (A minus B) over n pairs with b / c discordant, and its 95% Wald interval for
-    paired proportions: se = sqrt(b + c - (b - c)^2 / n) / n."""
+def newcombe_paired(a, b, c, d, z=Z95):
+    """(difference, low, high): the difference of two paired proportions, (b - c) / n, with Newcombe's
+    score interval (Newcombe 1998, Statistics in Medicine 17:2635, method 10), from the 2x2 table of the pairs: a
+    both right, b only A right, c only B right, d both wrong (counts; fractional counts allowed, as the mean over
+    seeds). Built on the Wilson intervals of the two proportions, it stays inside [-1, 1] and is never a point:
+    with no discordant pair it still spans what n pairs cannot rule out. n = 0: (0, -1, 1)."""
+    n = a + b + c + d
+    if n == 0:
+        return 0.0, -1.0, 1.0
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson_interval(a + b, n, z)
+    l2, u2 = wilson_interval(a + c, n, z)
+    den = (a + b) * (c + d) * (a + c) * (b + d)
+    cross = a * d - b * c  # phi with Newcombe's continuity adjustment: ad - bc - n/2 above n/2, 0 in [0, n/2]
+    adjusted = cross - n / 2 if cross > n / 2 else cross if cross < 0 else 0.0
+    phi = adjusted / math.sqrt(den) if den > 0 else 0.0
+    delta = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    eps = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
     diff = (b - c) / n
-    se = math.sqrt(max(0.0, b + c - (b - c) ** 2 / n)) / n
-    return diff, diff - z * se, diff + z * se
+    return diff, max(-1.0, diff - delta), min(1.0, diff + eps)
+
+
+def clustered_paired_difference(a, b, replicates=BOOTSTRAP, seed=0):
+    """(difference, low, high) of two settings' accuracies pooled over seeds, paired on the same examples: `a`
+    and `b` are seeds x examples of right (1) / wrong (0), the same examples in the same order in every row. The
+    (seed, example) pairs are not independent (the same examples come back under every seed), so the interval
+    is a bootstrap over the examples with the seeds inside (each draw keeps every seed's runs on the drawn
+    examples), never narrower than Newcombe's interval of the per-example mean counts over the n examples
+    (newcombe_paired): it never claims what n examples cannot give. One seed: Newcombe's alone."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    seeds, n = a.shape
+    cells = [float(x) / seeds for x in ((a * b).sum(), (a * (1 - b)).sum(), ((1 - a) * b).sum(),
+                                        ((1 - a) * (1 - b)).sum())]
+    diff, lo, hi = newcombe_paired(*cells)
+    if seeds == 1 or n == 0:
+        return diff, lo, hi
+    per_example = (a - b).mean(axis=0)  # the seeds inside: each example's difference averaged over them
+    rng = np.random.default_rng(seed)
+    draws = per_example[rng.integers(0, n, size=(replicates, n))].mean(axis=1)
+    return diff, min(lo, float(np.quantile(draws, 0.025))), max(hi, float(np.quantile(draws, 0.975)))
 
 
 def seed_bootstrap(table, replicates=BOOTSTRAP, seed=0):
@@ -64,7 +100,10 @@ def seed_bootstrap(table, replicates=BOOTSTRAP, seed=0):
     seeds = rng.integers(0, table.shape[0], size=(replicates, table.shape[0]))
     examples = rng.integers(0, table.shape[1], size=(replicates, table.shape[1]))
     means = np.array([table[s][:, e].mean() for s, e in zip(seeds, examples)])
-    return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+    lo, hi = float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+    # never narrower than the Wilson interval of the mean on the n examples: all seeds at 0/10 is not certainty
+    w_lo, w_hi = wilson_interval(float(table.mean()) * table.shape[1], table.shape[1])
+    return [min(lo, w_lo), max(hi, w_hi)]
 
 
 def paired_bootstrap(a, b, statistic, replicates=BOOTSTRAP, seed=0):

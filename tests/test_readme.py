@@ -105,3 +105,14 @@ def test_the_first_ten_minutes_run_on_the_sample_data(tmp_path):
     assert p.stdout.count("'loss': ") >= 10  # the loss, step by step
     md = open(tmp_path / "experiments" / "CB" / "summary.md").read()
     assert "| q,v+up (keys) vs q,v+down (values) |" in md and "(n=40)" in md
+    # both adapters learned: above the majority class, their intervals clear of it, not a constant predictor
+    import glob
+    import json
+
+    found = glob.glob(str(tmp_path / "experiments" / "CB" / "*" / "metrics-new5" / "CB_metrics_update.json"))
+    assert len(found) == 2
+    for path in found:
+        m = json.load(open(path))
+        assert m["accuracy_ci95"][0] > m["majority_baseline"] and len(m["prediction_counts"]) > 1, (path, m)
+    rows = [line for line in md.splitlines() if line.startswith(("| q,v+up", "| q,v+down"))][:2]
+    assert len(rows) == 2 and not any("†" in r or "‡" in r for r in rows), rows

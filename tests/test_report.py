@@ -8,7 +8,7 @@ import pytest
 
 import get_eval_tasks
 import utils
-from keys_values import identity, scoring
+from keys_values import identity, scoring, statistics
 from keys_values.experiment import layout, records
 from keys_values.report import collect, compare, figures
 
@@ -93,8 +93,11 @@ def test_summary_rows_cells_and_paired_tests(tree):
     assert up[4] == "56.7" and up[5] == "200 |"
     # race_high: up right on 0-8, down on 0-2 -> b=6 (up only), c=0 -> p = 2 / 2**6
     comp = [line for line in rows if line.startswith("| q,v+up (keys) vs q,v+down (values)")][0].split(" | ")
-    assert comp[1] == "+60.0 (6/0, p=0.0312)"
-    assert comp[2] == "-60.0 (0/6, p=0.0312)" and comp[3].rstrip(" |") == "+0.0 (0/0, p=1)"
+    assert comp[1].startswith("+60.0 [") and comp[1].endswith("(6/0, p=0.0312)")
+    assert comp[2].startswith("-60.0 [") and comp[3].rstrip(" |").endswith("(0/0, p=1)")
+    # no discordant pair on 10 examples: no certainty claimed, Newcombe's interval (b=c=0, 6 right in both: a=6, d=4)
+    _, lo, hi = statistics.newcombe_paired(6, 0, 0, 4)
+    assert comp[3].rstrip(" |") == f"+0.0 [{100 * lo:+.1f}, {100 * hi:+.1f}] (0/0, p=1)" and hi > 0.15
     assert "seed" not in md.split("Training:")[0]  # one seed: no seed columns, no pooled test
     assert os.path.getsize(os.path.join(tree, ",".join(TASKS), "summary.png")) > 10_000
 
@@ -153,7 +156,7 @@ def test_several_seeds_are_pooled(tmp_path):
     comp = [r for r in rows if r.startswith("| q,v+up (keys) vs q,v+down (values)")][0].split(" | ")
     # pooled over 20 pairs: b=7, c=1 -> +30.0 points, p = 18/256 = 0.0703
     assert comp[1].startswith("+30.0 [") and comp[1].endswith("(7/1, p=0.0703)")
-    assert comp[2].rstrip(" |") == "+0.0 [+0.0, +0.0] (0/0, p=1)"
+    assert comp[2].rstrip(" |") == "+0.0 [-27.8, +27.8] (0/0, p=1)"  # 10/10 in both: Newcombe's, not a point
     assert os.path.getsize(os.path.join(root, folder, "summary.png")) > 10_000
 
 
@@ -302,3 +305,38 @@ def test_the_loss_panel_names_what_it_cannot_draw(tmp_path):
     assert ax.get_title() == "training loss (one seed)"
     assert any("no loss logged: q,v+down (values)" in t.get_text() for t in ax.texts)
     plt.close(fig)
+
+
+def answered_run(root, folder, record, gold, answers, task="CB"):
+    """An experiment folder whose evaluation of `task` answered `answers` to rows labelled `gold`."""
+    exp = os.path.join(root, ",".join([task]), folder)
+    os.makedirs(os.path.join(exp, "metrics"))
+    utils.write_json(os.path.join(exp, "experiment.json"), record)
+    utils.write_json(os.path.join(exp, "assets", "adapter_config.json"), {"target_modules": record["target_modules"]})
+    rows = [{"id": i, "label": g, "generation": a, "prediction": a} for i, (g, a) in enumerate(zip(gold, answers))]
+    utils.write_jsonl(os.path.join(exp, "metrics", f"{task}_predictions.jsonl"), rows)
+    m = scoring.metrics([(g,) for g in gold], answers, answers, ["entailment", "contradiction", "neutral"])
+    utils.write_json(os.path.join(exp, "metrics", f"{task}_metrics_update.json"), {**m, **EVAL})
+
+
+def test_the_report_marks_a_constant_predictor_and_a_result_within_the_majority_class(tmp_path):
+    """40 rows, 17 entailment (the majority: 42.5%), 15 contradiction, 8 neutral. A setting answering
+    entailment to all is constant and at the majority (†‡); one right on 22 (55.0%, Wilson [39.8, 69.3], which
+    holds 42.5) is within it (‡); one right on 36 (90.0%, [76.9, 96.0]) carries no mark."""
+    gold = ["entailment"] * 17 + ["contradiction"] * 15 + ["neutral"] * 8
+    wrong = {"entailment": "contradiction", "contradiction": "neutral", "neutral": "entailment"}
+    root = str(tmp_path)
+    answered_run(root, name(["q_proj", "v_proj"]), lora(["q_proj", "v_proj"], 100), gold, ["entailment"] * 40)
+    answered_run(root, name(["q_proj", "v_proj", "up_proj"]), lora(["q_proj", "up_proj", "v_proj"], 200), gold,
+                 [g if i < 22 else wrong[g] for i, g in enumerate(gold)])
+    answered_run(root, name(["q_proj", "v_proj", "down_proj"]), lora(["down_proj", "q_proj", "v_proj"], 200), gold,
+                 [g if i < 36 else wrong[g] for i, g in enumerate(gold)])
+    get_eval_tasks.main(["--root", root, "--no_plot"])
+    md = open(os.path.join(root, "CB", "summary.md")).read()
+    cells = {}
+    for line in table(md):  # the accuracy table's row of each setting: the first
+        cells.setdefault(line.split(" | ")[0][2:], line.split(" | ")[1])
+    assert cells["q,v"] == "42.5 [28.5, 57.8]†‡"
+    assert cells["q,v+up (keys)"] == "55.0 [39.8, 69.3]‡"
+    assert cells["q,v+down (values)"] == "90.0 [76.9, 96.0]"
+    assert "† one answer to every row (a constant predictor); ‡ the interval holds the majority class" in md

@@ -33,7 +33,7 @@ def pair(k, v, section, task):
     seeds = [s for s in k.seeds if s in v.runs]
     if not seeds:
         return None, "no seed in common"
-    strata, n = [], 0
+    strata, n, table_a, table_b, examples = [], 0, [], [], None
     for s in seeds:
         a, b = k.evaluation(s, section, task), v.evaluation(s, section, task)
         if a is None or b is None:
@@ -48,10 +48,16 @@ def pair(k, v, section, task):
         if ra.keys() != rb.keys():
             return None, f"seed {s} scored other examples"
         ids = sorted(ra)
+        if table_a and ids != examples:
+            return None, f"seed {s} scored other examples than seed {seeds[0]}"
+        examples = ids
         strata.append(statistics.mcnemar([ra[i] for i in ids], [rb[i] for i in ids])[:2])
+        table_a.append([float(ra[i]) for i in ids])
+        table_b.append([float(rb[i]) for i in ids])
         n += len(ids)
     nb, nc, p = statistics.stratified_mcnemar(strata)
-    return {"b": nb, "c": nc, "p": p, "n": n, "seeds": seeds, "diff": statistics.paired_difference(nb, nc, n)}, None
+    return {"b": nb, "c": nc, "p": p, "n": n, "seeds": seeds,
+            "diff": statistics.clustered_paired_difference(table_a, table_b)}, None
 
 
 def compare(settings, section, tasks):

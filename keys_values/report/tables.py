@@ -18,6 +18,27 @@ def interval(lo_hi):
     return "[–]" if not lo_hi else f"[{pct(lo_hi[0])}, {pct(lo_hi[1])}]"
 
 
+CONSTANT, AT_MAJORITY = "†", "‡"
+MARKS = (f"{CONSTANT} one answer to every row (a constant predictor); {AT_MAJORITY} the interval holds the majority "
+         "class's accuracy: no better than always answering the most frequent label.")
+
+
+def flags(evs, lo_hi):
+    """The marks of a cell: CONSTANT when every evaluation gave one answer to all its rows, AT_MAJORITY when the
+    accuracy's interval holds the majority class's share (or the accuracy is at most that share)."""
+    marks = ""
+    counts = [e.metrics.get("prediction_counts") for e in evs]
+    if counts and all(isinstance(c, dict) and len(c) == 1 for c in counts):
+        marks += CONSTANT
+    majority = [e.metrics.get("majority_baseline") for e in evs]
+    accs = [e.metrics.get("accuracy") for e in evs]
+    if majority and all(isinstance(m, (int, float)) for m in majority) and all(isinstance(a, float) for a in accs):
+        share, mean = sum(majority) / len(majority), sum(accs) / len(accs)
+        if mean <= share + 1e-12 or (lo_hi and lo_hi[0] <= share + 1e-12):
+            marks += AT_MAJORITY
+    return marks
+
+
 def cell(setting, section, task, show_n):
     mean, accs = accuracy_of(setting, section, task)
     if mean is None:
@@ -26,9 +47,11 @@ def cell(setting, section, task, show_n):
     ns = sorted(n_of(setting, section, task))
     n = f" n={'/'.join(map(str, ns))}" if show_n and ns else ""
     if len(evs) == 1:
-        return f"{pct(mean)} {interval(evs[0].metrics.get('accuracy_ci95'))}{n}"
+        lo_hi = evs[0].metrics.get("accuracy_ci95")
+        return f"{pct(mean)} {interval(lo_hi)}{flags(evs, lo_hi)}{n}"
     sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1))
-    return f"{pct(mean)} {interval(seed_interval(evs))} ±{pct(sd)}{n}"
+    lo_hi = seed_interval(evs)
+    return f"{pct(mean)} {interval(lo_hi)}{flags(evs, lo_hi)} ±{pct(sd)}{n}"
 
 
 def majority(settings, section, task):
@@ -70,6 +93,8 @@ def accuracy_table(settings, section, tasks, several, seeds):
                      f"{'–' if params is None else f'{params:,}'} |" + seed_cell)
     lines.append("| majority class | " + " | ".join(majority(settings, section, t) for t in tasks) + " | | |"
                  + (" |" if several else ""))
+    if any(CONSTANT in line or AT_MAJORITY in line for line in lines[4:]):
+        lines += ["", MARKS]
     return lines
 
 
@@ -109,20 +134,23 @@ def comparison_cell(c, several):
     if several:
         d, lo, hi = c["diff"]
         return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] ({c['b']}/{c['c']}, p={c['p']:.3g})"
-    return f"{100 * c['diff'][0]:+.1f} ({c['b']}/{c['c']}, p={c['p']:.3g})"
+    d, lo, hi = c["diff"]
+    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] ({c['b']}/{c['c']}, p={c['p']:.3g})"
 
 
 def comparison_table(comparisons, unpaired, tasks, several):
     if several:
         intro = ("Difference in accuracy (points, keys minus values, mean over the seeds both settings have) with its "
-                 "95% interval (Wald, for paired proportions), then b/c: (seed, example) pairs only the keys setting got "
+                 "95% interval (a bootstrap over the examples with the seeds inside, as the same examples come back under "
+                 "every seed, never narrower than Newcombe's paired interval on the examples), then b/c: (seed, example) pairs only the keys setting got "
                  "right / only the values setting got right, summed over seeds, and the p-value of the exact stratified "
                  "McNemar test: within each seed every discordant pair is, under no difference, equally likely to "
                  "favour either setting, so the summed b is Binomial(b + c, 1/2) (a Mantel–Haenszel test with each "
                  "seed's pair of runs on one example as a stratum).")
     else:
-        intro = ("Difference in accuracy (points, keys minus values), then b/c: examples only the keys setting got right "
-                 "/ only the values setting got right, and the exact two-sided McNemar p-value.")
+        intro = ("Difference in accuracy (points, keys minus values) with its 95% interval (Newcombe's, for paired "
+                 "proportions), then b/c: examples only the keys setting got right / only the values setting got "
+                 "right, and the exact two-sided McNemar p-value.")
     lines = ["", "### Keys against values, paired on the same examples", "",
              intro + " Two settings are paired only when they were trained alike (they differ in their modules alone) "
                      "and evaluated alike on the same examples.", "",
