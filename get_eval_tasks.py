@@ -29,6 +29,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if os.path.exists(args.root) and not os.path.isdir(args.root):
+        raise UserError(f"--root {args.root} is a file, not a folder: give the output root the runs were written to "
+                        "(experiments by default)")
     if not os.path.isdir(args.root):
         raise UserError(f"--root {args.root} does not exist")
     tree = collect.collect(args.root)

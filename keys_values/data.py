@@ -33,6 +33,7 @@ from keys_values.readers import check_columns, first_line, listing, read_disk, r
 from utils import UserError
 
 FILE_TYPES = ("jsonl", "json", "csv", "parquet")
+_WARNED = set()  # split files already said to have a sibling of another type (said once a process)
 ORIGINAL_DISK_ROOT = "/disk_datasets"  # the original's data_root "" + "/disk_datasets": searched when data_root is ""
 _PATTERN = "{" + ",".join(FILE_TYPES) + "}"
 
@@ -140,6 +141,13 @@ def _locate(task, data_root, split):
     for ext in FILE_TYPES:
         path = os.path.join(data_root or "", task.name, f"{split}.{ext}")
         if os.path.isfile(path):
+            others = [os.path.basename(p) for e in FILE_TYPES if e != ext
+                      and os.path.isfile(p := os.path.join(data_root or "", task.name, f"{split}.{e}"))]
+            if others and path not in _WARNED:
+                _WARNED.add(path)
+                print(f"warning: {task.name} has {len(others) + 1} files for its {split!r} split "
+                      f"({', '.join([os.path.basename(path), *others])}): using {path} (the first of "
+                      f"{', '.join(FILE_TYPES)}); remove the others to make it plain")
             return "file", path
         if os.path.isdir(path):
             raise UserError(f"{path} is a folder, not a {ext} file: put the rows in a file of that name (a folder "

@@ -615,3 +615,50 @@ def test_label_rules_in_one_table():
     for raw in [1.5, "yes", [1], {"a": 1}, None, math.nan, True, "", "1.5", 3, -1]:
         with pytest.raises(prompts.RowError):
             prompts._label_key(cb, raw)
+
+
+# ---- rows that would make a result mean less than it seems --------------------------------------------------
+
+def test_two_files_for_one_split_use_the_first_and_say_so_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data, "_WARNED", set())
+    folder = tmp_path / "CB"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(jsonl(CB_ROWS))
+    (folder / "train.csv").write_text(csv_text(CB_ROWS[:2]))
+    examples, source = data.load(TASKS["CB"], str(tmp_path), "train")
+    data.load(TASKS["CB"], str(tmp_path), "train")
+    said = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(examples) == 6 and source["path"].endswith("train.jsonl")
+    assert said == [f"warning: CB has 2 files for its 'train' split (train.jsonl, train.csv): using "
+                    f"{folder}/train.jsonl (the first of jsonl, json, csv, parquet); remove the others to make it plain"]
+
+
+@pytest.mark.parametrize("evaluation,shared", [(CB_ROWS, "6 of its 6 'validation' rows are also training rows "
+                                                         "(all of them)"),
+                                               (CB_ROWS[:2] + [{"premise": "new", "hypothesis": "h", "label": 0}],
+                                                "2 of its 3 'validation' rows are also training rows:"),
+                                               ([{**r, "label": (r["label"] + 1) % 3} for r in CB_ROWS], None)])
+def test_evaluation_rows_that_are_training_rows_are_said(tmp_path, evaluation, shared):
+    """Rows equal in their texts and label; the same texts with another label are not the same row."""
+    from keys_values.training.plan import training_warnings
+
+    folder = tmp_path / "CB"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(jsonl(CB_ROWS))
+    (folder / "validation.jsonl").write_text(jsonl(evaluation))
+    examples, _ = data.load(TASKS["CB"], str(tmp_path), "train")
+    said = training_warnings(TASKS["CB"], examples, str(tmp_path))
+    if shared is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and f"warning: CB: {shared}" in said[0] and "memorised" in said[0]
+
+
+def test_one_row_that_holds_most_of_the_training_text_is_said(tmp_path):
+    from keys_values.training.plan import training_warnings
+
+    rows = [*CB_ROWS, {"premise": "word " * 500, "hypothesis": "h", "label": 0}]
+    examples = prompts.clean_counted(TASKS["CB"], rows, "rows", None)[0]
+    said = training_warnings(TASKS["CB"], examples, str(tmp_path))
+    assert len(said) == 1 and "one training row (the 7. of 7) holds" in said[0]
+    assert training_warnings(TASKS["CB"], examples[:6], str(tmp_path)) == []

@@ -128,7 +128,7 @@ def test_metrics_made_with_other_settings_are_redone(tmp_path, capsys):
     assert pending(ident) == []
     assert "CB: metrics exist" in capsys.readouterr().out
     for change in ({"scoring": "rank"}, {"max_new_tokens": 5}, {"data": "other"}, {"max_test_samples": 10},
-                   {"prompt_budget": 64}, {"dtype": "bf16"}, {"bnb": True}):
+                   {"prompt_budget": 64}, {"dtype": "bf16"}, {"bnb": True}, {"base": "other-base-1a2b3c"}):
         assert pending({**ident, **change}) == [task], change
     assert pending(ident, overwrite=True) == [task]
     assert pending(ident, "metrics-rank") == [task]  # another folder: its own
@@ -178,3 +178,19 @@ def test_a_hub_download_is_said_again_at_the_end(monkeypatch, capsys, tmp_path):
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-2] == f"data downloaded from the hub: CB from {data.describe(source)}"
     assert out[-1].startswith("1 task; metrics in") and "50.0" in out[-3]  # percentages, one task
+
+
+def test_tasks_whose_metrics_exist_are_one_line_however_many(tmp_path, capsys):
+    from keys_values import identity
+
+    tasks = [prompts.TASKS[t] for t in ("CB", "boolq", "COPA", "RTE")]
+    out = str(tmp_path / "base")
+    ident = identity.evaluation("generate", 1000, 20, 8172, False, "fp32", "abc")
+    for t in tasks:
+        utils.write_json(layout.metrics_path(out, t.name), {"accuracy": 0.5, "identity": ident})
+    plan = EvaluationPlan(config.EvaluationConfig(), {}, out, None, tasks, {}, MODEL, None, 8172, "metrics",
+                          {t.name: ident for t in tasks})
+    capsys.readouterr()
+    assert plan.pending() == []
+    said = capsys.readouterr().out.splitlines()
+    assert said == [f"CB, boolq, COPA, RTE: metrics exist in {out}/metrics; skipped (--overwrite redoes them)"]

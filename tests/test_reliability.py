@@ -494,6 +494,12 @@ def test_a_folder_in_use_is_refused_in_one_line(model, data, tmp_path):
     with lock.lock(plan["experiment_dir"], "training"):
         p = run(TRAIN, *argv, check=False)
         assert p.returncode == 2 and "is in use by training (pid" in p.stderr and "Traceback" not in p.stderr
+        # the first run has begun writing (a partial run): still in use, not "a partial run: pass --resume"
+        utils.write_json(os.path.join(plan["experiment_dir"], layout.IDENTITY), {})
+        for extra in ([], ["--resume"]):
+            p = run(TRAIN, *argv, *extra, check=False)
+            assert p.returncode == 2 and "is in use by training (pid" in p.stderr and "--resume" not in p.stderr
+        os.unlink(os.path.join(plan["experiment_dir"], layout.IDENTITY))
         with pytest.raises(UserError, match="still being trained"):
             records.read_experiment(plan["experiment_dir"])
     run(TRAIN, *argv)  # the lock went with its holder

@@ -340,3 +340,12 @@ def test_the_report_marks_a_constant_predictor_and_a_result_within_the_majority_
     assert cells["q,v+up (keys)"] == "55.0 [39.8, 69.3]‡"
     assert cells["q,v+down (values)"] == "90.0 [76.9, 96.0]"
     assert "† one answer to every row (a constant predictor); ‡ the interval holds the majority class" in md
+
+
+def test_a_root_that_is_a_file_or_missing_is_one_line(tmp_path):
+    notes = tmp_path / "README.md"
+    notes.write_text("# notes\n")
+    with pytest.raises(utils.UserError, match="README.md is a file, not a folder: give the output root"):
+        get_eval_tasks.main(["--root", str(notes)])
+    with pytest.raises(utils.UserError, match="nowhere does not exist"):
+        get_eval_tasks.main(["--root", str(tmp_path / "nowhere")])

@@ -96,6 +96,8 @@ def test_flags_the_study_sets_or_does_not_know_are_one_line_errors(argv, message
     (["q_proj", "v_proj", "up_proj"], "quote each setting"),  # unquoted: three one-module settings
     (["q_proj v_proj up_prj"], "unknown target module 'up_prj'"),
     (["q_proj v_proj", "q_proj v_proj"], "twice"),
+    (["q_proj,v_proj", "q_proj,v_proj,up_proj"], "space-separated, as --target_modules takes them: --settings "
+                                                 "'q_proj v_proj'"),  # refused as the training script refuses it
 ])
 def test_settings_are_checked_against_the_model(tmp_path, settings, message):
     with pytest.raises(UserError, match=message):

@@ -44,17 +44,20 @@ class EvaluationPlan:
     def pending(self, say=print):
         """The tasks to evaluate: those without metrics in the metrics folder, or whose metrics were made with
         another evaluation identity (which are then redone); one line for each task left as it is."""
-        todo = []
+        todo, skipped = [], []
         for t in self.tasks:
             path = self.metrics_path(t.name)
             if os.path.isfile(path) and not self.config.overwrite:
                 old = read_json(path, "metrics file")
                 same, differ = identity.comparable(old.get("identity", {}), self.identities[t.name])
                 if same:
-                    say(f"{t.name}: metrics exist in {path}; skipped (--overwrite redoes them)")
+                    skipped.append(t.name)
                     continue
                 say(f"{t.name}: the metrics in {path} were made with another {', '.join(differ)}; evaluating again")
             todo.append(t)
+        if skipped:  # one line, however many tasks
+            folder = os.path.join(self.folder, self.metrics_folder)
+            say(f"{', '.join(skipped)}: metrics exist in {folder}; skipped (--overwrite redoes them)")
         return todo
 
     def base_record(self):

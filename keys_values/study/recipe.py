@@ -53,7 +53,11 @@ def settings_of(own, model):
             if note:
                 print(f"settings: {note}")
         return [arm.split() for arm, _ in found if arm]
-    words = [s.replace(",", " ").split() for s in own.settings]
+    for s in own.settings:  # the training script's spelling, space-separated, and no other
+        if "," in s:
+            raise UserError(f"--settings {s!r}: module names are space-separated, as --target_modules takes them: "
+                            f"--settings '{' '.join(x for x in s.replace(',', ' ').split())}'")
+    words = [s.split() for s in own.settings]
     if len(words) > 1 and all(len(w) == 1 and w[0] not in roles.ROLE_WORDS for w in words):
         raise UserError(f"--settings got {len(words)} settings of one module each ({', '.join(w[0] for w in words)}): "
                         "quote each setting, e.g. --settings 'q_proj v_proj up_proj' 'q_proj v_proj down_proj'")

@@ -5,7 +5,7 @@ with the flags it was started with; anything else one line naming the flags that
 import os
 
 from keys_values import identity
-from keys_values.experiment import checkpoints, layout, records
+from keys_values.experiment import checkpoints, layout, lock, records
 from keys_values.experiment.state import state as folder_state
 from utils import UserError, read_json
 
@@ -36,6 +36,9 @@ def check_folder(out, args, ident):
             raise Finished(f"{out} holds a finished run with these settings ({record.get('global_step')} steps, train "
                            f"loss {record.get('train_loss')}): nothing to do (--overwrite trains it again)")
         raise UserError(f"{out} already holds a finished run: --overwrite replaces it")
+    who = lock.holder(out)
+    if who is not None:  # a run still writing it: not a partial run to resume
+        raise UserError(f"{out} is in use by {who}: wait for it to end (or stop it) and run again")
     started = records.started_identity(out)
     if started is not None:
         differ = identity.differences(started, ident)

@@ -11,6 +11,7 @@ from keys_values import data, environment, identity, models, packing, precision,
 from keys_values.config import TrainingConfig
 from keys_values.environment import Machine
 from keys_values.experiment import layout
+from utils import UserError
 
 
 @dataclass
@@ -89,7 +90,35 @@ def training_examples(tasks, cfg, quiet=False):
         if not quiet:
             print(f"{task.name}: {len(examples)} training examples from {data.describe(source)} "
                   f"({source['rows']} rows, {source['clean']} after cleaning{dropped})")
+            for line in training_warnings(task, examples, cfg.data_root):
+                print(line)
     return per_task, sources
+
+
+def training_warnings(task, examples, data_root):
+    """Lines about training rows that would make a result mean less than it seems: evaluation rows that are also
+    training rows (the evaluation then measures memory), and one row that holds most of the training text."""
+    out = []
+    texts = [prompts.training_text(task, e.fields, e.label) for e in examples]
+    total = sum(map(len, texts))
+    if len(texts) > 1 and total:
+        longest = max(range(len(texts)), key=lambda i: len(texts[i]))
+        if len(texts[longest]) > total / 2:
+            out.append(f"warning: {task.name}: one training row (the {longest + 1}. of {len(texts)}) holds "
+                       f"{100 * len(texts[longest]) / total:.0f}% of the training text's characters: the training is "
+                       "mostly that row")
+    if data.find_source(task, data_root, task.eval_split) is not None:
+        try:
+            evaluation, _ = data.load(task, data_root, task.eval_split)
+        except UserError:
+            return out  # its own error comes when it is evaluated
+        seen = {(tuple(sorted(e.fields.items())), e.label) for e in examples}
+        shared = sum((tuple(sorted(e.fields.items())), e.label) in seen for e in evaluation)
+        if shared:
+            out.append(f"warning: {task.name}: {shared} of its {len(evaluation)} {task.eval_split!r} rows are also "
+                       f"training rows{' (all of them)' if shared == len(evaluation) else ''}: their accuracy "
+                       "measures what was memorised, not what was learned")
+    return out
 
 
 def warn_missing_evaluation_data(tasks, data_root):
