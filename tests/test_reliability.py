@@ -397,6 +397,15 @@ def test_a_row_that_cannot_fit_is_skipped_and_the_task_goes_on(model, tmp_path):
     assert not os.path.exists(out2)
 
 
+def test_an_adapter_none_of_whose_prompts_fit_leaves_no_metrics_folder(model, data, tmp_path):
+    out = str(tmp_path / "out")
+    run(TRAIN, *training(model, data, out, "--max_steps", "1"))
+    exp = only_dir(out)
+    p = run(EVAL, "--experiment_dir", exp, "--max_input_length", "1", "--max_new_tokens", "2", check=False)
+    assert p.returncode == 2 and "every row's prompt is too long" in p.stderr
+    assert not [n for n in os.listdir(exp) if n.startswith("metrics")]  # not even the adapter's norms alone
+
+
 # ---- 6. 4-bit training gets its gradients on every CPU --------------------------------------------------------
 
 def test_4bit_lora_gets_gradients_after_an_eval_mode_forward(model):
@@ -621,6 +630,40 @@ def test_an_adapter_is_evaluated_on_its_own_base_unless_another_is_allowed_into_
     wider = small_llama(tmp_path / "wider", layers=2, hidden_size=128)
     p = run(EVAL, *ev, "--pretrained_ckpt", wider, "--allow_other_base", check=False)
     assert p.returncode == 2 and "does not fit the base" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_run_trained_with_relative_paths_is_evaluated_from_elsewhere_and_after_a_move(model, data, tmp_path):
+    """experiment.json records the base and the data as given and as absolute paths (and relative to the
+    experiment): an evaluation from another directory finds them, and so does one after the whole tree (output
+    root, model and data side by side) moved."""
+    import contextlib
+
+    import llama2_classification_multi_tasks_inference as inference
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(model, work / "model")
+    shutil.copytree(data, work / "D")
+    with contextlib.chdir(work):
+        train.main(["--pretrained_ckpt", "model", "--data_root", "D", "--tasks", "CB", "--output_root", "out",
+                    *SHARED, "--max_steps", "1"])
+    exp = only_dir(str(work / "out"))
+    record = json.load(open(os.path.join(exp, "experiment.json")))
+    assert record["args"]["pretrained_ckpt"] == "model" and record["paths"]["pretrained_ckpt"]["absolute"] == \
+        str(work / "model") and record["paths"]["data_root"]["from_experiment"] == os.path.join("..", "..", "..", "D")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    ev = ["--max_test_samples", "2", "--max_new_tokens", "2"]
+    with contextlib.chdir(elsewhere):
+        inference.main(["--experiment_dir", exp, *ev])
+    assert os.path.isfile(os.path.join(exp, "metrics-n2-new2", "CB_metrics_update.json"))
+    moved = tmp_path / "moved"
+    shutil.move(str(work), str(moved))
+    exp = only_dir(str(moved / "out"))
+    with contextlib.chdir(elsewhere):
+        inference.main(["--experiment_dir", exp, *ev, "--overwrite"])
+    m = json.load(open(os.path.join(exp, "metrics-n2-new2", "CB_metrics_update.json")))
+    assert m["data"]["path"].startswith(str(moved / "D"))
 
 
 def test_a_base_is_known_by_its_content_not_its_folder_name(tmp_path):

@@ -73,8 +73,9 @@ def resolve_run(cfg):
     if cfg.experiment_dir:
         exp = records.read_experiment(cfg.experiment_dir)
         trained = exp["args"]
-        check_base(cfg, trained, given)
-        fill = {key: trained.get(key) for key in ("tasks", "bnb", "pretrained_ckpt", "data_root", "trust_remote_code")
+        check_base(cfg, exp, given)
+        fill = {key: layout.resolve_recorded(cfg.experiment_dir, exp, key) if key in ("pretrained_ckpt", "data_root")
+                else trained.get(key) for key in ("tasks", "bnb", "pretrained_ckpt", "data_root", "trust_remote_code")
                 if getattr(cfg, key) is None}
         cfg = dataclasses.replace(cfg, **fill)
         given = {k: v for k, v in given.items() if (k in ("dtype", "base") or v != trained.get(k))
@@ -97,10 +98,11 @@ def resolve_run(cfg):
     return cfg, given, layout.base_dir(cfg.output_root, cfg.tasks, cfg.pretrained_ckpt), None
 
 
-def check_base(cfg, trained, given):
-    """An adapter is evaluated on the base it was trained on: another --pretrained_ckpt is one line naming both,
-    unless --allow_other_base, which puts that base's label in `given` (its metrics folder and identity)."""
-    recorded = trained.get("pretrained_ckpt")
+def check_base(cfg, exp, given):
+    """An adapter is evaluated on the base it was trained on (`exp`: its record): another --pretrained_ckpt is one
+    line naming both, unless --allow_other_base, which puts that base's label in `given` (its metrics folder and
+    identity)."""
+    recorded = layout.resolve_recorded(cfg.experiment_dir, exp, "pretrained_ckpt")
     if cfg.pretrained_ckpt is None or recorded is None:
         return
     models.resolve_checkpoint(cfg.pretrained_ckpt)  # a base that is not there is its own line

@@ -113,4 +113,14 @@ def evaluate(plan, todo):
         write_json(plan.metrics_path(name), m)
         if plan.record is None and not os.path.isfile(layout.record_path(plan.folder)):
             write_json(layout.record_path(plan.folder), plan.base_record())
+    leave_no_lone_norms(plan)
     return failed, too_long
+
+
+def leave_no_lone_norms(plan):
+    """A metrics folder in which no task was scored (every prompt too long, numbers not finite) is not left
+    holding the adapter's norms alone: the norms file and the folder go."""
+    folder = os.path.join(plan.folder, plan.metrics_folder)
+    if plan.norms_path and os.path.isdir(folder) and os.listdir(folder) == [os.path.basename(plan.norms_path)]:
+        os.unlink(plan.norms_path)
+        os.rmdir(folder)

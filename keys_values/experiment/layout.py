@@ -244,3 +244,31 @@ def edit_run_name(ident):
     if ident["sequential"]:
         name += "-sequential"
     return name + identity.editing_hashed_part(ident)[1]
+
+
+def recorded_paths(exp_dir, **given):
+    """{flag: {"absolute": path, "from_experiment": path relative to the experiment folder}} of the local paths
+    among `given` (a hub id, or a path that does not exist, is left out): what lets an evaluation run from another
+    directory, or after the output root moved with its data beside it, find them again (resolve_recorded)."""
+    out = {}
+    for flag, value in given.items():
+        if value and os.path.exists(value):
+            absolute = os.path.abspath(value)
+            out[flag] = {"absolute": absolute, "from_experiment": os.path.relpath(absolute, os.path.abspath(exp_dir))}
+    return out
+
+
+def resolve_recorded(exp_dir, record, flag):
+    """The value of a recorded flag that names a local path, found from here: as it was given, when that exists
+    from the current directory; else its absolute path; else relative to the experiment folder where it is now;
+    else as it was given (a hub id, or a path that is gone: its own error follows)."""
+    given = record.get("args", {}).get(flag)
+    where = record.get("paths", {}).get(flag) or {}
+    if not given or os.path.exists(given):
+        return given
+    for candidate in (where.get("absolute"),
+                      os.path.normpath(os.path.join(exp_dir, where["from_experiment"])) if "from_experiment" in where
+                      else None):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return given

@@ -74,7 +74,9 @@ class RunPlan:
             "trainable_params": trainable, "total_params": total, "precision": dataclasses.asdict(self.precision),
             "placement": self.placement.what, "processes": self.processes, "data": self.sources,
             "train_examples": {k: len(v) for k, v in self.examples.items()}, "train_blocks": n_blocks,
-            "steps_per_epoch": packing.steps_per_epoch(n_blocks, self.config, self.processes), "seconds": seconds}
+            "steps_per_epoch": packing.steps_per_epoch(n_blocks, self.config, self.processes), "seconds": seconds,
+            "paths": layout.recorded_paths(self.folder, pretrained_ckpt=self.config.pretrained_ckpt,
+                                           data_root=self.config.data_root)}
 
 
 def training_examples(tasks, cfg, quiet=False):
