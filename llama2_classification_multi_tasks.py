@@ -79,6 +79,10 @@ def main(argv=None):
         except KeyboardInterrupt:
             print(f"\ninterrupted: {folder.kept(out)} in {out}; continue with: {continue_command()}", file=sys.stderr)
             sys.exit(INTERRUPTED)
+        except (OSError, RuntimeError) as e:
+            if not folder.disk_full(e):
+                raise
+            raise UserError(folder.disk_full_message(out, trainable)) from None
         except NonFinite as e:
             raise UserError(f"{e} {folder.step_of(out)}, in {plan.precision.why}: the numbers left the range of the "
                             f"precision or the updates diverged; train with --dtype fp32 or a lower --learning_rate; "
@@ -96,7 +100,12 @@ def main(argv=None):
             record = plan.record(n_blocks=len(blocks), trainable=trainable, total=total, logging_steps=logging_steps,
                                  target_modules=sorted(model.peft_config["default"].target_modules),
                                  seconds=round(time.time() - t0, 1))
-            save.save_experiment(trainer, tokenizer, cfg, out, record, loss=mean, adapter=adapter)
+            try:
+                save.save_experiment(trainer, tokenizer, cfg, out, record, loss=mean, adapter=adapter)
+            except OSError as e:  # the final save: nothing half-written stays (files are written whole)
+                if not folder.disk_full(e):
+                    raise
+                raise UserError(folder.disk_full_message(out, trainable)) from None
             loss = "no loss logged" if mean is None else f"train loss {mean:.4f}"
             print(f"{loss} (mean over {trainer.state.global_step} steps); experiment saved in {out}")
             plan.say_downloads()

@@ -406,6 +406,34 @@ def test_an_adapter_none_of_whose_prompts_fit_leaves_no_metrics_folder(model, da
     assert not [n for n in os.listdir(exp) if n.startswith("metrics")]  # not even the adapter's norms alone
 
 
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter "
+                                                "failed writing file data/3: file write failed"),
+                                   OSError(122, "Disk quota exceeded")], ids=["ENOSPC", "torch.save", "EDQUOT"])
+def test_a_full_disk_during_a_checkpoint_is_one_line_naming_the_folder_and_the_space(model, data, tmp_path,
+                                                                                      monkeypatch, error):
+    from transformers import Trainer
+
+    real = Trainer._save_checkpoint
+    calls = []
+
+    def save(self, *args, **kwargs):  # the first checkpoint is written, the second finds the disk full
+        calls.append(1)
+        if len(calls) > 1:
+            raise error
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save)
+    out = str(tmp_path / "out")
+    p = run(TRAIN, *training(model, data, out, "--max_steps", "3", "--save_steps", "1"), check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    [line] = [x for x in p.stderr.splitlines() if x.startswith("error:")]
+    exp = only_dir(out)
+    assert f"no space left on the device of {exp} (" in line and ("GiB free" in line or "MiB free" in line)
+    assert "a checkpoint needs about" in line and "(the size of checkpoint-1)" in line and "--resume" in line
+    assert "checkpoint-1 kept" in line
+
+
 # ---- 6. 4-bit training gets its gradients on every CPU --------------------------------------------------------
 
 def test_4bit_lora_gets_gradients_after_an_eval_mode_forward(model):

@@ -106,3 +106,36 @@ def kept(out):
 def step_of(out):
     found = checkpoints.checkpoints(out)
     return f"after {layout.checkpoint_name(found[-1][0])}" if found else "before the first checkpoint"
+
+
+DISK_FULL = ("No space left on device", "file write failed", "unexpected pos", "Disk quota exceeded")
+
+
+def disk_full(error):
+    """Whether an error raised while a checkpoint or the run was written means the disk is full: ENOSPC or
+    EDQUOT from Python's files, or torch.save's own words for a write that did not complete."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(error, (OSError, RuntimeError)) and any(w in str(error) for w in DISK_FULL)
+
+
+def disk_full_message(out, trainable):
+    """One line: the folder, the space free there, what a checkpoint of this run needs, and how to go on."""
+    import shutil
+
+    found = checkpoints.newest_whole_checkpoint(out, report=lambda line: None)
+    if found:
+        need = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(found[1]) for f in fs)
+        how = f"the size of {os.path.basename(found[1])}"
+    else:  # the adapter and Adam's two moments in fp32, with the Trainer's small files
+        need, how = 12 * trainable + (1 << 20), "the adapter and its optimizer state"
+    free = shutil.disk_usage(out if os.path.isdir(out) else os.path.dirname(out) or ".").free
+    return (f"no space left on the device of {out} ({gib(free)} free) while writing the run ({step_of(out)}): a "
+            f"checkpoint needs about {gib(need)} ({how}); free that much, or give --output_root on a larger disk, then "
+            f"run the same command with --resume; {kept(out)}")
+
+
+def gib(n):
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
