@@ -25,7 +25,7 @@ def setting_role(roles):
 def setting_label(modules, roles=None, model_type=None, base=False):
     """A short readable name of a setting: 'base (no adapter)' with base=True; else the attention modules (q
     before v, '_proj' dropped) then '+' the others sorted, with their roles: on Llama 'q,v', 'q,v+up (keys)',
-    'q,v+down (values)'; on GPT-2 'c_attn+c_fc (keys)', 'c_attn+c_proj (values)'. `roles`: {module: role} as
+    'q,v+down (values)'; on GPT-2 'c_attn (q,k,v)+c_fc (keys)', 'c_attn (q,k,v)+mlp.c_proj (values)' (a fused q,k,v layer says so). `roles`: {module: role} as
     recorded (Targets.roles); names it lacks get roles_of(names, model_type)."""
     if base:
         return "base (no adapter)"
@@ -34,7 +34,8 @@ def setting_label(modules, roles=None, model_type=None, base=False):
     attention = sorted((m for m in modules if roles[m] in order), key=lambda m: (order[roles[m]], m))
     extra = sorted(m for m in modules if m not in attention)
     short = short_names(list(modules))
-    name = ",".join(short[m] for m in attention) or "default"
+    # a fused q,k,v layer says so (GPT-2's c_attn adapts the key projection too)
+    name = ",".join(short[m] + (" (q,k,v)" if roles[m] == "attention_qv" else "") for m in attention) or "default"
     if extra:
         kinds = sorted({SHORT_ROLE.get(roles[m], "other") for m in extra})
         name += "+" + ",".join(short[m] for m in extra) + f" ({','.join(kinds)})"
@@ -46,6 +47,8 @@ def short_names(modules):
     collide keep one more part."""
     def short(m, k):
         last = ".".join(m.split(".")[-k:])
+        if last == "c_proj":  # GPT-2's c_proj is in the attention and in the feed-forward: the part says which
+            return m if "." in m else "mlp.c_proj"
         return last if last.split(".")[-1] == "c_proj" else last.replace("_proj", "")
 
     out = {m: short(m, 1) for m in modules}

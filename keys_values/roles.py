@@ -85,7 +85,7 @@ class Targets:
     target_parameters: LoraConfig(target_parameters=...): 3D expert parameters, [] when none.
     roles: {name as given to peft: role}. paths: [(full module or parameter path, role)] that will be adapted,
     in natural order (layer 2 before layer 10). derivation: how the roles were found where TABLE lacks the
-    model type (one line), else None."""
+    model type, and what a fused q,k,v layer adapts (one line), else None."""
     target_modules: list
     target_parameters: list
     roles: dict
@@ -201,6 +201,11 @@ def resolve(targets, model, dropout=None):
         for name, role, is_parameter in expanded:
             (parameters if is_parameter else modules).append(name)
             roles[name] = role
+    fused = sorted({n for n, r in roles.items() if r == "attention_qv" and n.split(".")[-1] in QKV_NAMES})
+    if fused:  # say that the attention's key projection is adapted too
+        note = (f"{', '.join(fused)}: the fused query, key and value projection of {model_type or 'this model'}: "
+                "LoRA adapts all three (there are no separate query and value layers to adapt alone)")
+        derivation = f"{derivation}; {note}" if derivation else note
     result = targets_of(modules, parameters, roles, all_parts, kinds, derivation)
     check_once(result, targets, all_parts)
     check_not_rewritten(result, model_type)

@@ -14,9 +14,9 @@ from tiny_models import tiny_model_folder
 pytestmark = pytest.mark.slow
 
 # model type -> (the keys setting's row, the values setting's row) in summary.md
-ROWS = {"gpt2": ("c_attn+c_fc (keys)", "c_attn+c_proj (values)"),
-        "gpt_neox": ("query_key_value+dense_h_to_4h (keys)", "query_key_value+dense_4h_to_h (values)"),
-        "phi3": ("qkv+gate_up (keys)", "qkv+down (values)"),
+ROWS = {"gpt2": ("c_attn (q,k,v)+c_fc (keys)", "c_attn (q,k,v)+mlp.c_proj (values)"),
+        "gpt_neox": ("query_key_value (q,k,v)+dense_h_to_4h (keys)", "query_key_value (q,k,v)+dense_4h_to_h (values)"),
+        "phi3": ("qkv (q,k,v)+gate_up (keys)", "qkv (q,k,v)+down (values)"),
         "qwen2_moe": (None, None)}
 
 

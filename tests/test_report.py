@@ -128,7 +128,7 @@ def test_the_record_not_the_names_decides_the_role():
     gpt2 = {**lora(["attn.c_attn", "mlp.c_proj"], 1), "module_roles": {"attn.c_attn": "attention_qv",
                                                                       "mlp.c_proj": "values"}}
     assert records.role(gpt2) == "values"
-    assert records.setting_name(gpt2) == "c_attn+c_proj (values)"
+    assert records.setting_name(gpt2) == "c_attn (q,k,v)+mlp.c_proj (values)"
     odd = {**lora(["q_proj", "v_proj", "up_proj"], 1), "module_roles": {"q_proj": "attention_q", "v_proj": "attention_v",
                                                                         "up_proj": "values"}}
     assert records.role(odd) == "values"  # the record wins over the Llama name

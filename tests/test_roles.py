@@ -483,9 +483,9 @@ def test_setting_labels_use_recorded_roles():
 
 
 def test_setting_labels_elsewhere():
-    assert arms.setting_label(["c_attn", "c_fc"], model_type="gpt2") == "c_attn+c_fc (keys)"
-    assert arms.setting_label(["c_attn", "mlp.c_proj"], model_type="gpt2") == "c_attn+c_proj (values)"
-    assert arms.setting_label(["qkv_proj", "gate_up_proj"], model_type="phi3") == "qkv+gate_up (keys)"
+    assert arms.setting_label(["c_attn", "c_fc"], model_type="gpt2") == "c_attn (q,k,v)+c_fc (keys)"
+    assert arms.setting_label(["c_attn", "mlp.c_proj"], model_type="gpt2") == "c_attn (q,k,v)+mlp.c_proj (values)"
+    assert arms.setting_label(["qkv_proj", "gate_up_proj"], model_type="phi3") == "qkv (q,k,v)+gate_up (keys)"
     assert arms.setting_label(["attn.v_proj", "q_proj", "fc_in"], model_type="gptj") == "q,v+fc_in (keys)"
     t = roles.resolve(["attention_qv", "values"], meta("qwen2_moe"))
     assert arms.setting_label(t.target_modules + t.target_parameters, t.roles) == "q,v+down,experts.down (values)"
@@ -514,3 +514,14 @@ def test_target_module_names_checked_against_the_model():
     assert res.target_modules == ["q_proj", "v_proj", "gate_proj"] and len(res.paths) == 3 * 30
     with pytest.raises(UserError, match="unknown target module 'up_prj'; this model's linear modules are: down_proj"):
         roles.resolve(["q_proj", "up_prj"], model)
+
+
+@pytest.mark.parametrize("model_type,fused", [("gpt2", "c_attn"), ("gpt_neox", "query_key_value"), ("phi3", "qkv_proj"),
+                                              ("llama", None)])
+def test_a_fused_qkv_layer_says_that_the_key_projection_is_adapted_too(model_type, fused):
+    t = roles.resolve(["attention_qv", "values"], meta(model_type))
+    label = arms.setting_label(t.target_modules, t.roles)
+    if fused is None:
+        assert "(q,k,v)" not in label and not (t.derivation or "").count("fused query")
+    else:
+        assert "(q,k,v)+" in label and f"{fused}: the fused query, key and value projection" in t.derivation
