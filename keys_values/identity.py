@@ -30,7 +30,7 @@ from keys_values.editing.config import EditingConfig
 # Settings in the training identity that the folder name does not spell; their original values are
 # config.original_default's (per-device batch and accumulation follow --bnb, as in the original).
 HASHED = ("model", "max_samples", "per_device_train_batch_size", "gradient_accumulation_steps", "processes",
-          "learning_rate", "lora_alpha", "max_seq_length", "dtype")
+          "learning_rate", "lora_alpha", "max_seq_length", "dtype", "model_content")
 # Settings the folder name spells, in the original's fields or as readable parts.
 NAMED = ("tasks", "train_sample_fraction", "epochs", "lora_r", "dropout", "target_modules", "bnb", "loss_on",
          "shorten_to_block", "max_steps", "seed")
@@ -45,6 +45,8 @@ def original_value(key, bnb):
         return config.ORIGINAL_PROCESSES
     if key == "dtype":
         return config.ORIGINAL_DTYPE
+    if key == "model_content":
+        return None  # a hub id: the model is its name
     return config.original_default(key, bnb)
 
 
@@ -65,11 +67,14 @@ def data_fingerprint(per_task):
     return fingerprint([[name, [[e.fields, e.label] for e in examples]] for name, examples in per_task.items()])
 
 
-def training(args, target_modules, dtype, processes, data):
+def training(args, target_modules, dtype, processes, data, model_content=None):
     """The identity of a training run: {setting: value} for every key in TRAINING. `args` is the training
     flags (a TrainingConfig, or a dict of them as a record holds), `target_modules` the resolved module names,
     `dtype` the resolved compute dtype ('fp32', 'bf16', 'fp16'), `processes` the number of data-parallel
-    processes and `data` the data fingerprint (None when not known)."""
+    processes, `data` the data fingerprint (None when not known) and `model_content` a local base's content
+    fingerprint (models.content_fingerprint; None for a hub id). A local base is known by its content: two
+    different bases both saved as `model/` differ, and a renamed or moved folder is the same base (its name is
+    kept in "model" for the reader, and left out of comparisons and of the folder's hash)."""
     a = args if isinstance(args, dict) else vars(args)
     return {
         "tasks": list(a["tasks"]), "train_sample_fraction": a["train_sample_fraction"], "epochs": a["epochs"],
@@ -80,7 +85,7 @@ def training(args, target_modules, dtype, processes, data):
         "per_device_train_batch_size": a["per_device_train_batch_size"],
         "gradient_accumulation_steps": a["gradient_accumulation_steps"], "processes": processes,
         "learning_rate": a["learning_rate"], "lora_alpha": a["lora_alpha"], "max_seq_length": a["max_seq_length"],
-        "dtype": dtype, "data": data,
+        "dtype": dtype, "data": data, "model_content": model_content,
     }
 
 
@@ -88,6 +93,8 @@ def hashed_part(ident):
     """{setting: value} of the hashed settings that differ from the original's, and the suffix that stands
     for them ('' when none differs)."""
     differ = {k: ident[k] for k in HASHED if ident.get(k) != original_value(k, ident["bnb"])}
+    if ident.get("model_content"):  # a local base: its content, not its folder's name
+        differ.pop("model", None)
     return differ, ("-h" + fingerprint(differ, 8) if differ else "")
 
 
@@ -100,11 +107,16 @@ def differences(recorded, wanted, keys=TRAINING):
     """The settings whose values differ between two identities, as 'name: recorded -> wanted' texts. A key
     missing from `recorded` (an older record) is not compared."""
     out = []
+    same_content = recorded.get("model_content") and recorded.get("model_content") == wanted.get("model_content")
     for k in keys:
+        if k == "model" and same_content:
+            continue  # the same local base under another folder name
         if k in recorded and k in wanted and recorded[k] != wanted[k]:
             r, w = recorded[k], wanted[k]
             if k == "data":
                 out.append(f"the training rows (fingerprint {r} -> {w})")
+            elif k == "model_content":
+                out.append(f"the base model's content (fingerprint {r} -> {w})")
             else:
                 out.append(f"--{k} {fmt(r)} -> {fmt(w)}")
     return out

@@ -16,8 +16,9 @@ from conftest import MODEL, SAMPLE, only_dir
 STEP_LOSSES = [6.54865026473999, 4.832757949829102, 2.1715900897979736, 3.4994072914123535, 1.0973315238952637]
 TRAIN_LOSS = 3.6299474239349365
 DELTA_FRO_SUM = 52.06642164551223  # the sum over the 90 adapted modules of ||dW||_F
+# the hash covers the local base's content (model_content), not its folder's name, since it is known by it
 FOLDER = "classification-sampleFraction-0.99_epochs-5_rank-8_dropout-0.1-q_proj,v_proj,up_proj-loss-completion-steps5-" \
-         "hd2f9f025-standard"
+         "hd6b8c198-standard"
 PREDICTIONS = ["neutral"] * 8
 LABELS = ["contradiction", "contradiction", "entailment", "entailment", "entailment", "contradiction", "neutral",
           "neutral"]

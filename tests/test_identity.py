@@ -77,3 +77,55 @@ def test_the_identity_takes_every_recipe_flag_from_the_command_line():
     assert (ident["model"], ident["shorten_to_block"], ident["bnb"], ident["processes"], ident["dtype"], ident["data"],
             ident["target_modules"], ident["tasks"]) == ("Model-X", True, True, 2, "fp32", "f" * 12, ["q_proj"], ["CB"])
     assert set(ident) == set(identity.TRAINING)
+
+
+def test_the_data_fingerprint_sees_texts_labels_order_and_task():
+    """Each thing the training rows are made of changes the fingerprint: a text, a label (relabelled rows are other
+    data), the order (the rows are packed in order), the task a row belongs to."""
+    import prompts
+
+    def ex(text, label):
+        return prompts.Example({"premise": text, "hypothesis": "h"}, label, (label,))
+
+    rows = [ex("a", "entailment"), ex("b", "neutral"), ex("c", "contradiction")]
+    base = identity.data_fingerprint({"CB": rows})
+    assert identity.data_fingerprint({"CB": list(rows)}) == base  # the same rows: the same data
+    changed = {
+        "a text": {"CB": [ex("a!", "entailment"), *rows[1:]]},
+        "a label": {"CB": [ex("a", "neutral"), *rows[1:]]},
+        "the labels swapped": {"CB": [ex("a", "neutral"), ex("b", "entailment"), rows[2]]},
+        "the order": {"CB": [rows[1], rows[0], rows[2]]},
+        "the task": {"RTE": rows},
+        "a row dropped": {"CB": rows[:2]},
+    }
+    two = identity.data_fingerprint({"CB": rows, "RTE": rows[:1]})
+    assert identity.data_fingerprint({"RTE": rows[:1], "CB": rows}) != two, "the tasks' order"
+    for what, per_task in changed.items():
+        assert identity.data_fingerprint(per_task) != base, what
+
+
+def test_a_local_base_is_known_by_its_content_in_the_run_identity(tmp_path):
+    """Two different bases both saved as `model/` are two identities (and two folders); the same base renamed is one
+    identity and one folder; a hub id is known by its name."""
+    import shutil
+
+    from conftest import small_llama
+    from keys_values import models
+
+    a = small_llama(tmp_path / "a", layers=1, name="model")
+    b = small_llama(tmp_path / "b", layers=1, name="model", seed=1)
+    renamed = str(tmp_path / "c" / "checkpoint-final")
+    shutil.copytree(a, renamed)
+    args = config.training_config(["--tasks", "CB"])
+
+    def ident(ckpt):
+        content = models.content_fingerprint(ckpt)[:12] if ckpt.startswith("/") else None
+        return identity.training({**vars(args), "pretrained_ckpt": ckpt}, ["q_proj"], "fp32", 1, "d", content)
+
+    ia, ib, ic = ident(a), ident(b), ident(renamed)
+    assert layout.folder_name(ia) != layout.folder_name(ib)
+    assert identity.differences(ia, ib) == [f"the base model's content (fingerprint {ia['model_content']} -> "
+                                            f"{ib['model_content']})"]
+    assert layout.folder_name(ia) == layout.folder_name(ic) and identity.differences(ia, ic) == []
+    hub = ident("NousResearch/Llama-2-7b-hf")
+    assert hub["model_content"] is None and hub["model"] == "Llama-2-7b-hf"

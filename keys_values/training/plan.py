@@ -4,6 +4,7 @@ to adapt with their roles, the precision, the placement, the processes, the run'
 training script, its --dry_run, the study's plan and the run's record all read this one object."""
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import prompts
@@ -161,6 +162,8 @@ def plan_run(cfg, machine=None, examples=None, model=None, quiet=False):
     prec = precision.precision(cfg.dtype, cfg.bnb, "train", device="gpu" if machine.planned else None,
                                shape=precision.probe_shape(model_config))
     names = list(targets.target_modules or []) + list(targets.target_parameters or [])
-    ident = identity.training(cfg, names or None, prec.dtype, machine.processes, identity.data_fingerprint(per_task))
+    content = models.content_fingerprint(ckpt)[:12] if os.path.isdir(ckpt) else None  # a local base: its content
+    ident = identity.training(cfg, names or None, prec.dtype, machine.processes, identity.data_fingerprint(per_task),
+                              content)
     return RunPlan(cfg, tasks, per_task, sources, ckpt, model_config, meta, targets, machine, prec,
                    precision.this_placement(machine), ident, layout.experiment_dir(cfg.output_root, ident))
