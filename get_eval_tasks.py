@@ -43,7 +43,11 @@ def main(argv=None):
         tasks = collect.tasks_of(tasks_folder, runs)
         sections = collect.sections_of(settings)
         folder = os.path.join(args.root, tasks_folder)
-        atomic_write(os.path.join(folder, layout.SUMMARY_MD), tables.summary_md(tasks_folder, settings, tasks, sections))
+        left = collect.left_out(args.root, tasks_folder)
+        atomic_write(os.path.join(folder, layout.SUMMARY_MD),
+                     tables.summary_md(tasks_folder, settings, tasks, sections, left))
+        for line in left:
+            print(f"not in the report: {line}")
         if not args.no_plot:
             figures.summary_png(os.path.join(folder, layout.SUMMARY_PNG), tasks_folder, settings, tasks, sections[0])
         print(f"{folder}/summary.md ({len(settings)} setting{'s' if len(settings) != 1 else ''}, {len(tasks)} "

@@ -349,3 +349,35 @@ def test_a_root_that_is_a_file_or_missing_is_one_line(tmp_path):
         get_eval_tasks.main(["--root", str(notes)])
     with pytest.raises(utils.UserError, match="nowhere does not exist"):
         get_eval_tasks.main(["--root", str(tmp_path / "nowhere")])
+
+
+def test_the_report_says_what_it_mixes_and_what_it_leaves_out(tmp_path):
+    """Rows of one name told apart in words (the learning rate, the base), never by a hash; an adapter evaluated on
+    a task it was not trained on is said and left out of its mean; an interrupted run and a run not evaluated yet
+    are listed."""
+    root, folder = str(tmp_path), "CB"
+    up = ["q_proj", "v_proj", "up_proj"]
+    fake_run(root, folder, "base-A", {"kind": "base", "base_checkpoint": "org/Model-A"}, {"CB": [True] * 4 + [False] * 6})
+    fake_run(root, folder, "base-B", {"kind": "base", "base_checkpoint": "org/Model-B"}, {"CB": [False] * 10})
+    fake_run(root, folder, name(up), lora(up, 200, tasks=["CB"]), {"CB": [True] * 8 + [False] * 2,
+                                                                    "boolq": [False] * 10})
+    other_lr = lora(up, 200, tasks=["CB"])
+    other_lr["args"]["learning_rate"] = 0.001
+    fake_run(root, folder, name(up) + "-h4530c588", other_lr, {"CB": [True] * 5 + [False] * 5})
+    interrupted = os.path.join(root, folder, "classification-interrupted")
+    os.makedirs(os.path.join(interrupted, "checkpoint-2"))
+    utils.write_json(os.path.join(interrupted, "identity.json"), {})
+    unevaluated = os.path.join(root, folder, "classification-unevaluated")
+    os.makedirs(unevaluated)
+    utils.write_json(os.path.join(unevaluated, "experiment.json"), lora(up, 200, tasks=["CB"]))
+    get_eval_tasks.main(["--root", root, "--no_plot"])
+    md = open(os.path.join(root, folder, "summary.md")).read()
+    names = [line.split(" | ")[0][2:] for line in table(md)]
+    assert "base (no adapter) [base Model-A]" in names and "base (no adapter) [base Model-B]" in names
+    assert "q,v+up (keys) [learning rate 0.002]" in names and "q,v+up (keys) [learning rate 0.001]" in names
+    assert not any("-h4530c588" in n for n in names)
+    row = [line for line in table(md) if line.startswith("| q,v+up (keys) [learning rate 0.002] |")][0].split(" | ")
+    assert row[1].startswith("80.0 [") and row[2].startswith("0.0 [") and row[3] == "80.0"  # CB, boolq; mean: CB
+    assert "q,v+up (keys) [learning rate 0.002]: evaluated on boolq, not among the tasks it was trained on (CB)" in md
+    assert "- classification-interrupted: its training did not finish (run it again with --resume)" in md
+    assert "- classification-unevaluated: trained, not evaluated yet" in md

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from keys_values import identity, norms
 from keys_values.experiment import layout, records
+from keys_values.experiment.state import state
 from utils import UserError, read_json, read_jsonl
 
 ROLE_ORDER = {"base": 0, "core": 1, "keys": 2, "values": 3, "other": 4}
@@ -18,7 +19,7 @@ RECIPE_WORDS = {"model": "base", "epochs": "epochs", "max_steps": "max steps", "
                 "per_device_train_batch_size": "batch", "gradient_accumulation_steps": "accumulation",
                 "processes": "processes", "max_seq_length": "block", "max_samples": "max samples",
                 "train_sample_fraction": "sample fraction", "shorten_to_block": "shortened", "bnb": "4-bit",
-                "dtype": "dtype", "data": "training rows"}
+                "dtype": "dtype", "data": "training rows", "model_content": "base content"}
 
 
 @dataclass
@@ -94,6 +95,46 @@ def read_metrics(path):
     return m if isinstance(m, dict) else None
 
 
+def left_out(root, tasks_folder):
+    """[line] naming each folder of a tasks folder that the report cannot show, with why: a training that did not
+    finish (resume it), a finished run not evaluated yet (evaluate it)."""
+    folder_path = os.path.join(root, tasks_folder)
+    out = []
+    for name in sorted(os.listdir(folder_path)):
+        exp = os.path.join(folder_path, name)
+        if not os.path.isdir(exp) or name in (layout.STUDY_LOGS,) or any(
+                layout.task_of_metrics_file(f) for mf in layout.metrics_folders(exp)
+                for f in os.listdir(os.path.join(exp, mf))):
+            continue
+        kind = state(exp)
+        if kind == "partial" and (os.path.isfile(layout.identity_path(exp)) or checkpoints_in(exp)):
+            out.append(f"{name}: its training did not finish (run it again with --resume)")
+        elif kind == "finished":
+            out.append(f"{name}: trained, not evaluated yet (llama2_classification_multi_tasks_inference.py "
+                       f"--experiment_dir {exp})")
+    return out
+
+
+def checkpoints_in(exp):
+    return any(layout.CHECKPOINT.fullmatch(n) for n in os.listdir(exp))
+
+
+def off_task(settings):
+    """[line] for each setting evaluated on a task it was not trained on (its record names the tasks)."""
+    out = []
+    for s in settings:
+        if s.role == "base":
+            continue
+        trained = s.any_run().record.get("args", {}).get("tasks")
+        if not trained:
+            continue
+        other = sorted({t for r in s.runs.values() for evs in r.evaluations.values() for t in evs} - set(trained))
+        if other:
+            out.append(f"{s.name}: evaluated on {', '.join(other)}, not among the tasks it was trained on "
+                       f"({', '.join(trained)}); left out of the mean")
+    return out
+
+
 def collect(root):
     """{tasks folder: [Run]} for every <root>/<tasks>/<experiment>/metrics*/ holding a metrics file."""
     tree = {}
@@ -135,13 +176,45 @@ def group(runs):
         record = members[0].record
         settings.append(Setting(records.setting_name(record), records.role(record), {r.seed: r for r in members},
                                 records.recipe_of(record)))
-    counts = {}
+    by_name = {}
     for s in settings:
-        counts[s.name] = counts.get(s.name, 0) + 1
-    for s in settings:
-        if counts[s.name] > 1:
-            s.name = f"{s.name} [{layout.short_name(layout.without_seed(s.any_run().folder))}]"
+        by_name.setdefault(s.name, []).append(s)
+    for same in by_name.values():
+        if len(same) > 1:  # told apart in words by what differs (base, learning rate, steps...), never by a hash
+            words = [what_differs(s, same) for s in same]
+            for s, w in zip(same, words):
+                s.name = f"{s.name} [{w}]" if w and words.count(w) == 1 else \
+                    f"{s.name} [{layout.short_name(layout.without_seed(s.any_run().folder))}]"
     return sorted(settings, key=lambda s: (ROLE_ORDER[s.role], s.name))
+
+
+def label_recipe(setting):
+    """What tells a setting's runs apart from others of its name: its recipe, and for the base model its name."""
+    if setting.role == "base":
+        a = setting.any_run().record
+        ckpt = a.get("base_checkpoint") or a.get("args", {}).get("pretrained_ckpt")
+        return {"model": identity.model_name(ckpt)} if ckpt else {}
+    return setting.recipe
+
+
+def what_differs(setting, same):
+    """'base Llama-2-7b-hf', 'learning rate 0.001', ...: the recipe settings in which `setting` differs from the
+    others of its name, in words ('' when none is recorded)."""
+    mine = label_recipe(setting)
+    others = [label_recipe(o) for o in same if o is not setting]
+    keys = [k for k in RECIPE_WORDS if any(mine.get(k) != o.get(k) for o in others)]
+    if "model_content" in keys and "model" in keys:
+        keys.remove("model_content")  # the names already differ
+    parts = []
+    for k in keys:
+        v = mine.get(k)
+        if k in ("data", "model_content"):
+            parts.append(f"{RECIPE_WORDS[k]} {v if v else 'unrecorded'}")
+        elif k == "max_steps" and v in (None, -1):
+            parts.append("max steps none")
+        else:
+            parts.append(f"{RECIPE_WORDS[k]} {identity.fmt(v)}")
+    return ", ".join(parts)
 
 
 def sections_of(settings):

@@ -6,7 +6,7 @@ import json
 import math
 
 from keys_values import identity
-from keys_values.report.collect import RECIPE_WORDS, SECTION_KEYS, describe_section, norm_profiles
+from keys_values.report.collect import RECIPE_WORDS, SECTION_KEYS, describe_section, norm_profiles, off_task
 from keys_values.report.compare import accuracy_of, compare, evaluations_of, n_of, seed_interval
 
 
@@ -73,10 +73,10 @@ def accuracy_table(settings, section, tasks, several, seeds):
     if several:
         intro = (f"Accuracy (%) on each task's evaluation rows: the mean over seeds {', '.join(map(str, seeds))} with its "
                  "95% interval (a two-level bootstrap: the seeds, then the examples) and ± the standard deviation over "
-                 "seeds; `mean` is the unweighted mean over tasks.")
+                 "seeds; `mean` is the unweighted mean over the tasks each row was trained on.")
     else:
         intro = ("Accuracy (%) on each task's evaluation rows, with its 95% Wilson interval; `mean` is the unweighted "
-                 "mean over tasks.")
+                 "mean over the tasks each row was trained on.")
     ns = {t: column_n(settings, section, t) for t in tasks}
     head = [t if ns[t] in (None, "") else f"{t} (n={ns[t]})" for t in tasks]
     lines = [intro + " `keys` settings add a LoRA adapter to the feed-forward's first layer (`up_proj` or `gate_proj` on "
@@ -85,7 +85,9 @@ def accuracy_table(settings, section, tasks, several, seeds):
              "| setting | " + " | ".join(head) + " | mean | trainable params |" + (" seeds |" if several else ""),
              "|---" * (len(tasks) + 3 + several) + "|"]
     for s in settings:
-        means = [accuracy_of(s, section, t)[0] for t in tasks]
+        trained = s.any_run().record.get("args", {}).get("tasks") if s.role != "base" else None
+        own = [t for t in tasks if t in trained] if trained and any(t in trained for t in tasks) else tasks
+        means = [accuracy_of(s, section, t)[0] for t in own]  # over the tasks it was trained on
         mean = pct(sum(means) / len(means)) if None not in means else "–"
         params = s.any_run().record.get("trainable_params")
         seed_cell = f" {','.join(map(str, s.seeds)) if s.role != 'base' else '–'} |" if several else ""
@@ -216,8 +218,9 @@ def norms_table(settings):
     return lines
 
 
-def summary_md(tasks_folder, settings, tasks, sections):
-    """The report: one block per evaluation section (usually one), the adapters' norms, the training recipes."""
+def summary_md(tasks_folder, settings, tasks, sections, left_out=()):
+    """The report: one block per evaluation section (usually one), the adapters' norms, the training recipes,
+    then what it could not show (`left_out`: collect.left_out's lines) and what was evaluated off its tasks."""
     seeds = sorted({s for st in settings if st.role != "base" for s in st.seeds})
     several = any(len(s.runs) > 1 for s in settings)
     lines = [f"# Keys vs values: {tasks_folder}"]
@@ -233,4 +236,10 @@ def summary_md(tasks_folder, settings, tasks, sections):
         comparisons, unpaired = compare(settings, section, tasks)
         if comparisons:
             lines += comparison_table(comparisons, unpaired, tasks, several)
-    return "\n".join(lines + norms_table(settings) + training_lines(settings)) + "\n"
+    notes = []
+    if left_out:
+        notes += ["", "## Not in this report", ""] + [f"- {line}" for line in left_out]
+    other = off_task(settings)
+    if other:
+        notes += ["", "Evaluated on tasks they were not trained on:", ""] + [f"- {line}" for line in other]
+    return "\n".join(lines + norms_table(settings) + training_lines(settings) + notes) + "\n"
