@@ -116,3 +116,24 @@ def test_the_first_ten_minutes_run_on_the_sample_data(tmp_path):
         assert m["accuracy_ci95"][0] > m["majority_baseline"] and len(m["prediction_counts"]) > 1, (path, m)
     rows = [line for line in md.splitlines() if line.startswith(("| q,v+up", "| q,v+down"))][:2]
     assert len(rows) == 2 and not any("†" in r or "‡" in r for r in rows), rows
+
+
+def test_the_readmes_task_of_your_own_is_a_task_that_loads(tmp_path, monkeypatch):
+    """The README's entry for a task of one's own, evaluated as prompts.py would, loads its files and prompts."""
+    import json as json_
+
+    import prompts
+    from keys_values import data
+
+    [code] = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    entry = [line for line in code.splitlines() if line.strip() and not line.startswith("#")][0].rstrip(",")
+    task = eval(entry, vars(prompts))
+    monkeypatch.setitem(prompts.TASKS, task.name, task)
+    folder = tmp_path / task.name
+    folder.mkdir()
+    rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "label": i % 2} for i in range(4)]
+    for split in ("train", "validation"):
+        (folder / f"{split}.jsonl").write_text("".join(json_.dumps(r) + "\n" for r in rows))
+    examples, _ = data.load(task, str(tmp_path), "train")
+    assert [e.label for e in examples] == ["entailment", "not_entailment"] * 2
+    assert prompts.prompt_text(task, examples[0].fields).startswith("### Premise:p0")
