@@ -98,3 +98,9 @@ def accuracy_of(setting, section, task):
 def n_of(setting, section, task):
     """The numbers of examples the setting's seeds were scored on (unrecorded in the original's files)."""
     return {e.metrics["n"] for e in evaluations_of(setting, section, task) if isinstance(e.metrics.get("n"), int)}
+
+
+def own_tasks(setting, tasks):
+    """The tasks of `tasks` a setting's mean is over: those it was trained on (its record names them), else all."""
+    trained = setting.any_run().record.get("args", {}).get("tasks") if setting.role != "base" else None
+    return [t for t in tasks if t in trained] if trained and any(t in trained for t in tasks) else tasks

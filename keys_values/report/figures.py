@@ -4,9 +4,10 @@ setting's adapted modules (keys solid, values dashed, attention dotted)."""
 
 import math
 import os
+import textwrap
 
 from keys_values.report.collect import describe_section, loss_curve, norm_profiles
-from keys_values.report.compare import accuracy_of, evaluations_of, seed_interval
+from keys_values.report.compare import accuracy_of, evaluations_of, own_tasks, seed_interval
 from keys_values.report.tables import majority
 
 
@@ -29,7 +30,7 @@ def summary_png(path, tasks_folder, settings, tasks, section):
         xs, ys, lo, hi = [], [], [], []
         for g, t in enumerate(groups):
             if t == "mean":
-                means = [accuracy_of(s, section, x)[0] for x in tasks]
+                means = [accuracy_of(s, section, x)[0] for x in own_tasks(s, tasks)]
                 if None in means:
                     continue
                 y, ci = sum(means) / len(means), None  # no interval drawn for the mean
@@ -52,13 +53,18 @@ def summary_png(path, tasks_folder, settings, tasks, section):
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylabel("accuracy (%), 95% interval")
     ax.set_ylim(0, 105)
-    ax.set_title(f"Keys vs values: {tasks_folder}\n{describe_section(section)}", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    subtitle = textwrap.fill(describe_section(section), 70)  # wrapped: never clipped at the panel's edge
+    ax.set_title(f"Keys vs values: {tasks_folder}\n{subtitle}", fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
     loss_panel(lx, settings, colour)
     norms_panel(nx, settings, colour)
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in (lx, nx):  # optimizer steps and layers are whole numbers
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")  # the legends below the panels included
     plt.close(fig)
     os.replace(tmp, path)
 
@@ -86,7 +92,7 @@ def loss_panel(lx, settings, colour):
         lx.set_title("training loss", fontsize=9)
     lx.set_xlabel("optimizer step")
     if lx.lines:
-        lx.legend(fontsize=7)
+        lx.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     if missing:
         lx.text(0.5, 0.02, "no loss logged: " + ", ".join(missing), ha="center", va="bottom", fontsize=7,
                 transform=lx.transAxes, wrap=True)
@@ -102,7 +108,7 @@ def norms_panel(nx, settings, colour):
                 nx.plot(list(layers), list(layers.values()), styles[g], color=colour[name], label=f"{name}: {g}")
     nx.set_title("||dW||_F per layer (keys —, values --, attention ··)", fontsize=9)
     nx.set_xlabel("layer")
-    if nx.lines:
-        nx.legend(fontsize=6)
+    if nx.lines:  # below the panel: a legend inside would cover the lines
+        nx.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     else:
         nx.text(0.5, 0.5, "no adapter norms", ha="center", va="center", transform=nx.transAxes)

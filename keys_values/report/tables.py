@@ -7,7 +7,7 @@ import math
 
 from keys_values import identity
 from keys_values.report.collect import RECIPE_WORDS, SECTION_KEYS, describe_section, norm_profiles, off_task
-from keys_values.report.compare import accuracy_of, compare, evaluations_of, n_of, seed_interval
+from keys_values.report.compare import accuracy_of, compare, evaluations_of, n_of, own_tasks, seed_interval
 
 
 def pct(x):
@@ -85,9 +85,7 @@ def accuracy_table(settings, section, tasks, several, seeds):
              "| setting | " + " | ".join(head) + " | mean | trainable params |" + (" seeds |" if several else ""),
              "|---" * (len(tasks) + 3 + several) + "|"]
     for s in settings:
-        trained = s.any_run().record.get("args", {}).get("tasks") if s.role != "base" else None
-        own = [t for t in tasks if t in trained] if trained and any(t in trained for t in tasks) else tasks
-        means = [accuracy_of(s, section, t)[0] for t in own]  # over the tasks it was trained on
+        means = [accuracy_of(s, section, t)[0] for t in own_tasks(s, tasks)]  # over the tasks it was trained on
         mean = pct(sum(means) / len(means)) if None not in means else "–"
         params = s.any_run().record.get("trainable_params")
         seed_cell = f" {','.join(map(str, s.seeds)) if s.role != 'base' else '–'} |" if several else ""
