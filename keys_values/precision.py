@@ -18,6 +18,9 @@ from utils import write_json
 
 BF16_FASTER = 1.3  # auto trains in bf16 on a CPU only where bf16 matrix products run at least this much faster
 PROBE_SHAPE = (1024, 576, 1536)  # tokens x hidden x MLP width of the probe's products (the embedded model's MLP)
+PROBE_MIN = (256, 512)  # the smallest hidden and MLP widths probed: below them a product's time is noise
+# the CPU flags (/proc/cpuinfo) of bf16 instructions: x86's AVX512-BF16 and AMX, arm64's BF16 extension
+BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16", "svebf16"}
 _probes = {}
 
 
@@ -27,9 +30,13 @@ def cpu_bf16_speedup(shape=PROBE_SHAPE, cache=True):
     dtype (a warm-up, then the best of 3; about 0.2 s). Measured once per process and shape and remembered in
     ~/.cache/kv-lora/bf16-probe.json per CPU and torch version, so that a run's precision (part of its
     identity) does not flip between processes on one machine. AVX512-BF16, AMX and arm64's BF16 extension
-    make bf16 faster; elsewhere torch's bf16 is a slow fallback (0.01x on an AVX2-only EPYC)."""
+    make bf16 faster; elsewhere torch's bf16 is a slow fallback (0.01x on an AVX2-only EPYC): where the CPU's
+    flags are readable and name no bf16 instruction (BF16_FLAGS), 0.0 without timing anything."""
     import torch
 
+    flags = environment.cpu_flags()
+    if flags and not flags & BF16_FLAGS:  # no bf16 instructions: torch's bf16 is a slow fallback, nothing to time
+        return 0.0
     key = f"{platform.processor() or platform.machine()}|{environment.cpu_name()}|torch {torch.__version__}|{shape}"
     if key in _probes:
         return _probes[key]
@@ -72,10 +79,14 @@ def cpu_bf16_speedup(shape=PROBE_SHAPE, cache=True):
 
 def probe_shape(config):
     """The matrix shapes the bf16 probe multiplies: the model's hidden and MLP widths (at most 1024 and 2816,
-    so that the probe stays well under a second on a CPU) by 1024 tokens."""
+    so that the probe stays well under a second on a CPU; at least PROBE_MIN, so that what is timed is the
+    product and not the overhead: at a tiny model's widths three probes gave 2.06x, 1.03x and 0.02x on one CPU)
+    by 1024 tokens."""
     d = getattr(config, "hidden_size", None)
     f = getattr(config, "intermediate_size", None) or (4 * d if d else None)
-    return (1024, min(d, 1024), min(f, 2816)) if d and f else PROBE_SHAPE
+    if not (d and f):
+        return PROBE_SHAPE
+    return (1024, max(PROBE_MIN[0], min(d, 1024)), max(PROBE_MIN[1], min(f, 2816)))
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,8 @@ def precision(dtype="auto", bnb=False, purpose="train", device=None, bf16_cpu=No
     bf16_cpu = bool(bf16_cpu) and not cuda
     if cuda:
         native = "a GPU with bf16" if bf16_gpu else "a GPU without bf16"
+    elif speedup == 0.0:
+        native = "a CPU without bf16 instructions (its flags name none of avx512_bf16, amx_bf16, bf16)"
     elif speedup is not None:
         native = f"a CPU where bf16 matrix products run {speedup}x as fast as fp32 (measured)"
     elif purpose != "train":

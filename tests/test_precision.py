@@ -73,3 +73,21 @@ def test_training_arguments_follow_precision_and_placement(tmp_path):
     assert targs.use_cpu and targs.n_gpu == 0 and targs.optim == "adamw_torch" and not targs.bf16
     assert (targs.per_device_train_batch_size, targs.gradient_accumulation_steps) == (32, 2)  # the original's
     assert targs.lr_scheduler_type == "constant" and targs.max_grad_norm == 0.3 and targs.learning_rate == 2e-4
+
+
+def test_the_bf16_probe_never_times_a_tiny_shape_nor_a_cpu_without_bf16(monkeypatch, tmp_path):
+    """A tiny model's widths are raised to PROBE_MIN (a product of 64 x 160 times noise); a CPU whose flags name no
+    bf16 instruction is fp32 without a probe."""
+    from types import SimpleNamespace
+
+    tiny = SimpleNamespace(hidden_size=64, intermediate_size=160)
+    assert precision.probe_shape(tiny) == (1024, 256, 512)
+    assert precision.probe_shape(SimpleNamespace(hidden_size=4096, intermediate_size=11008)) == (1024, 1024, 2816)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(precision, "_probes", {})
+    monkeypatch.setattr(precision.environment, "cpu_flags", lambda: {"fpu", "sse2", "avx2", "fma"})
+    monkeypatch.setattr("torch.randn", lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured")))
+    assert precision.cpu_bf16_speedup((1024, 256, 512)) == 0.0
+    if not __import__("torch").cuda.is_available():
+        p = precision.precision("auto", False, "train")
+        assert p.dtype == "fp32" and "without bf16 instructions" in p.why
