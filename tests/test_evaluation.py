@@ -100,13 +100,13 @@ class OutOfMemoryAbove:
 @pytest.mark.timeout(60)  # a batch that never shrinks would retry forever
 def test_out_of_memory_halves_the_batch_and_books_what_fails_alone():
     tok = models.load_tokenizer(MODEL)
-    prompt_ids = [[5] * n for n in range(3, 13)]  # 10 prompts of 3..12 tokens
-    model = OutOfMemoryAbove(tok, limit=3, fails_alone=7)
+    prompt_ids = [[5] * n for n in range(13, 23)]  # 10 prompts of 13..22 tokens: of like lengths, one batch
+    model = OutOfMemoryAbove(tok, limit=3, fails_alone=17)
     args = argparse.Namespace(batch_size=8, max_new_tokens=4)
     out = generate.generate_task(model, tok, prompts.TASKS["boolq"], prompt_ids, ["true", "false"], args)
     assert model.batches[:3] == [8, 4, 2]  # halved until it fits, then kept at that size
     assert max(model.batches[3:]) <= 2
-    assert [o is None for o in out] == [n == 7 for n in range(3, 13)]  # only the prompt that fails alone is lost
+    assert [o is None for o in out] == [n == 17 for n in range(13, 23)]  # only the prompt that fails alone is lost
     assert all(o[:2] == ("true", "true") for o in out if o is not None)
 
 
@@ -194,3 +194,26 @@ def test_tasks_whose_metrics_exist_are_one_line_however_many(tmp_path, capsys):
     assert plan.pending() == []
     said = capsys.readouterr().out.splitlines()
     assert said == [f"CB, boolq, COPA, RTE: metrics exist in {out}/metrics; skipped (--overwrite redoes them)"]
+
+
+def test_one_very_long_prompt_runs_alone_not_with_short_ones_padded_to_it(monkeypatch):
+    """Batches hold prompts of like lengths (at least half the batch's longest) and at most BATCH_TOKENS tokens'
+    worth: a row shortened to the 8,187-token budget runs alone, the 8 short rows together after it; each prompt
+    still gets its own answer."""
+    chunks = []
+
+    def fake_generate(model, tok, chunk, max_new_tokens):
+        chunks.append([len(c) for c in chunk])
+        return [(f"answer{len(c)}", "") for c in chunk]
+
+    monkeypatch.setattr(generate, "generate", fake_generate)
+    lengths = [12, 8187, 10, 14, 9, 11, 13, 10, 12]
+    prompts_ids = [[1] * n for n in lengths]
+    out = generate.generate_task(None, None, prompts.TASKS["boolq"], prompts_ids, None,
+                                 argparse.Namespace(batch_size=64, max_new_tokens=5))
+    assert chunks == [[8187], sorted([n for n in lengths if n != 8187], reverse=True)]
+    assert [o[0] for o in out] == [f"answer{n}" for n in lengths]
+    chunks.clear()
+    generate.generate_task(None, None, prompts.TASKS["boolq"], [[1] * 2000] * 40, None,
+                           argparse.Namespace(batch_size=64, max_new_tokens=5))
+    assert chunks == [[2000] * 32, [2000] * 8]  # 64 x 1,024 prompt tokens a batch at most

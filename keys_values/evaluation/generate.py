@@ -3,11 +3,14 @@ the batch), the answer read from the new tokens only; a NaN or inf in the logits
 
 import prompts
 
+BATCH_TOKENS = 64 * 1024  # prompt tokens in one generation batch at most (64 prompts of 1,024 tokens)
 
-def batched(fn, items, batch_size, desc, limit=None):
+
+def batched(fn, items, batch_size, desc, limit=None, alike=None):
     """fn(list of items) -> list of results, over batches with a progress bar; `limit(first item)` may cap a
-    batch's size. Only a real out-of-memory error is caught: the batch is halved and retried; an item that fails
-    alone gives None."""
+    batch's size, and `alike(first, item)` ends a batch at the first item unlike its first (prompts of very
+    different lengths: the short ones would be padded to the long one's). Only a real out-of-memory error is
+    caught: the batch is halved and retried; an item that fails alone gives None."""
     import torch
     from tqdm import tqdm
 
@@ -15,6 +18,9 @@ def batched(fn, items, batch_size, desc, limit=None):
     with tqdm(total=len(items), desc=desc, unit="ex") as bar:
         while i < len(items):
             chunk = items[i:i + min(size, limit(items[i]) if limit else size)]
+            if alike is not None:
+                cut = next((j for j, x in enumerate(chunk) if not alike(chunk[0], x)), len(chunk))
+                chunk = chunk[:max(1, cut)]
             try:
                 out += fn(chunk)
             except torch.OutOfMemoryError:
@@ -78,8 +84,11 @@ def generate_task(model, tok, task, prompt_ids, options, args):
     memory even alone. The prediction is the label the answer starts with (prompts.match_label), or the answer
     itself for an open-answer task. Raises NonFinite on NaN or inf logits."""
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))  # long first: OOM shows early
+    # a batch holds prompts of like lengths (at least half its longest) and at most BATCH_TOKENS // longest of
+    # them: one very long row runs alone, not with a batch of short ones padded to its length
     texts = batched(lambda chunk: generate(model, tok, chunk, args.max_new_tokens), [prompt_ids[i] for i in order],
-                    args.batch_size, task.name)
+                    args.batch_size, task.name, limit=lambda first: max(1, BATCH_TOKENS // len(first)),
+                    alike=lambda first, x: 2 * len(x) >= len(first))
     results = [None] * len(prompt_ids)
     for i, out in zip(order, texts):
         if out is not None:
