@@ -93,8 +93,10 @@ def hashed_part(ident):
     """{setting: value} of the hashed settings that differ from the original's, and the suffix that stands
     for them ('' when none differs)."""
     differ = {k: ident[k] for k in HASHED if ident.get(k) != original_value(k, ident["bnb"])}
-    if ident.get("model_content"):  # a local base: its content, not its folder's name
+    if ident.get("model_content"):  # a local base: its content, not its folder's name...
         differ.pop("model", None)
+        if ident.get("model") == original_value("model", ident["bnb"]):  # ...but a local copy of the original's
+            differ.pop("model_content", None)  # model keeps the original's folder name (its content still compared)
     return differ, ("-h" + fingerprint(differ, 8) if differ else "")
 
 

@@ -48,7 +48,9 @@ def test_acceptance_command_leaves_the_spec_layout_as_planned(tmp_path):
         out, "boolq,COPA,CB", "classification-sampleFraction-0.99_epochs-1_rank-8_dropout-0.1-q_proj,v_proj,up_proj-steps3-h"))
     assert exp.endswith("-standard")  # the hash stands for the recipe settings that are not the original's:
     record = json.load(open(os.path.join(exp, "experiment.json")))
-    assert record["identity_suffix"] == {"model": "SmolLM2-135M-Instruct", "per_device_train_batch_size": 2,
+    content = record["identity"]["model_content"]  # the local base, known by its content (not its folder's name)
+    assert len(content) == 12 and record["identity"]["model"] == "SmolLM2-135M-Instruct"
+    assert record["identity_suffix"] == {"model_content": content, "per_device_train_batch_size": 2,
                                          "gradient_accumulation_steps": 1, "max_seq_length": 256,
                                          **({} if record["precision"]["dtype"] == "bf16" else {"dtype": "fp32"})}
     with open(os.path.join(exp, "assets", "adapter_config.json")) as f:

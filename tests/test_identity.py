@@ -129,3 +129,12 @@ def test_a_local_base_is_known_by_its_content_in_the_run_identity(tmp_path):
     assert layout.folder_name(ia) == layout.folder_name(ic) and identity.differences(ia, ic) == []
     hub = ident("NousResearch/Llama-2-7b-hf")
     assert hub["model_content"] is None and hub["model"] == "Llama-2-7b-hf"
+
+
+def test_a_local_copy_of_the_originals_model_keeps_the_originals_folder_name(tmp_path):
+    args = config.training_config([])
+    a = {**vars(args), "pretrained_ckpt": str(tmp_path / "Llama-2-7b-hf")}
+    ident = identity.training(a, ["q_proj", "v_proj"], "bf16", 1, "d", "0123456789ab")
+    assert "-h" not in layout.folder_name(ident)  # the original's name; its content still in the identity
+    other = identity.training(a, ["q_proj", "v_proj"], "bf16", 1, "d", "ba9876543210")
+    assert identity.differences(ident, other) == ["the base model's content (fingerprint 0123456789ab -> ba9876543210)"]
