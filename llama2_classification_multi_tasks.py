@@ -71,18 +71,15 @@ def main(argv=None):
         state.wait_for_everyone()
         control = RunControl()
         try:
-            trainer, _ = fit(model, tokenizer, blocks, cfg, out, resume_from, plan.precision, plan.placement,
-                             logging_steps, control, planned_steps=steps)
+            with folder.disk_full_in_one_line(out, trainable):
+                trainer, _ = fit(model, tokenizer, blocks, cfg, out, resume_from, plan.precision, plan.placement,
+                                 logging_steps, control, planned_steps=steps)
             mean = train_loss_of(trainer.state.log_history, trainer.state.global_step)
             if mean is not None and not math.isfinite(mean):  # before anything is written: the run is not finished
                 raise NonFinite(f"the mean training loss is {mean}")
         except KeyboardInterrupt:
             print(f"\ninterrupted: {folder.kept(out)} in {out}; continue with: {continue_command()}", file=sys.stderr)
             sys.exit(INTERRUPTED)
-        except (OSError, RuntimeError) as e:
-            if not folder.disk_full(e):
-                raise
-            raise UserError(folder.disk_full_message(out, trainable)) from None
         except NonFinite as e:
             raise UserError(f"{e} {folder.step_of(out)}, in {plan.precision.why}: the numbers left the range of the "
                             f"precision or the updates diverged; train with --dtype fp32 or a lower --learning_rate; "
@@ -100,12 +97,8 @@ def main(argv=None):
             record = plan.record(n_blocks=len(blocks), trainable=trainable, total=total, logging_steps=logging_steps,
                                  target_modules=sorted(model.peft_config["default"].target_modules),
                                  seconds=round(time.time() - t0, 1))
-            try:
+            with folder.disk_full_in_one_line(out, trainable):  # the final save: its files are written whole
                 save.save_experiment(trainer, tokenizer, cfg, out, record, loss=mean, adapter=adapter)
-            except OSError as e:  # the final save: nothing half-written stays (files are written whole)
-                if not folder.disk_full(e):
-                    raise
-                raise UserError(folder.disk_full_message(out, trainable)) from None
             loss = "no loss logged" if mean is None else f"train loss {mean:.4f}"
             print(f"{loss} (mean over {trainer.state.global_step} steps); experiment saved in {out}")
             plan.say_downloads()

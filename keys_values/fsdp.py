@@ -87,10 +87,11 @@ def packed_digests(model):
 
 def _bytes(tensor):
     """The raw bytes of a tensor (a DTensor all-gathered first: a collective, called on every process)."""
+    import torch
     from torch.distributed.tensor import DTensor
 
     full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-    return full.detach().contiguous().view(-1).view(__import__("torch").uint8).cpu().numpy().tobytes()
+    return full.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes()
 
 
 def check_packed(model, digests, say=print):

@@ -86,22 +86,12 @@ def content_fingerprint(folder):
     path it was saved from), and each weight file's name, size and a digest of its first and last 64 KiB. Two
     different fine-tuned bases both saved as `model/` differ; a renamed or copied folder stays the same. Reads
     about 128 KiB per weight file, whatever its size."""
-    import hashlib
     import json
 
     with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
         cfg = {k: v for k, v in json.load(f).items() if k not in ("_name_or_path", "transformers_version")}
-    files = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name.endswith(WEIGHT_FILES) and os.path.isfile(path):
-            size = os.path.getsize(path)
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                digest.update(f.read(SAMPLE_BYTES))
-                f.seek(max(0, size - SAMPLE_BYTES))
-                digest.update(f.read(SAMPLE_BYTES))
-            files.append([name, size, digest.hexdigest()])
+    files = [[name, os.path.getsize(path), _file_digest(path)] for name in sorted(os.listdir(folder))
+             if name.endswith(WEIGHT_FILES) and os.path.isfile(path := os.path.join(folder, name))]
     return identity.fingerprint([cfg, files])
 
 
@@ -115,19 +105,19 @@ def same_base(a, b):
     if all(local):
         return os.path.realpath(a) == os.path.realpath(b) or content_fingerprint(a) == content_fingerprint(b)
     if all(str(x).endswith(".gguf") and os.path.isfile(x) for x in (a, b)):
-        return os.path.getsize(a) == os.path.getsize(b) and os.path.realpath(a) == os.path.realpath(b) or \
-            _file_digest(a) == _file_digest(b)
+        return os.path.realpath(a) == os.path.realpath(b) or \
+            (os.path.getsize(a), _file_digest(a)) == (os.path.getsize(b), _file_digest(b))
     return identity.model_name(a) == identity.model_name(b)
 
 
 def _file_digest(path):
+    """SHA-256 of a file's first and last SAMPLE_BYTES: with its size, what tells weight files apart, read fast."""
     import hashlib
 
-    size = os.path.getsize(path)
-    digest = hashlib.sha256(str(size).encode())
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         digest.update(f.read(SAMPLE_BYTES))
-        f.seek(max(0, size - SAMPLE_BYTES))
+        f.seek(max(0, os.path.getsize(path) - SAMPLE_BYTES))
         digest.update(f.read(SAMPLE_BYTES))
     return digest.hexdigest()
 

@@ -47,6 +47,16 @@ def descendants(pid):
     return out
 
 
+def signal_all(pids, sig):
+    """Send `sig` to each of `pids` (one that has ended already is passed over); returns the pids."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
 def alive(pid):
     try:
         os.kill(pid, 0)
@@ -156,13 +166,7 @@ class Execution:
             self._stopping = True
             child = self._child
         if child is not None and child.poll() is None:
-            pids = [child.pid, *descendants(child.pid)]
-            self._signalled = pids
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+            self._signalled = signal_all([child.pid, *descendants(child.pid)], sig)
         return True
 
     def interrupt(self):
@@ -177,20 +181,12 @@ class Execution:
             self._signalled = [p for p in self._signalled if alive(p)]
             if self._signalled:
                 time.sleep(0.2)
-        for pid in self._signalled:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        signal_all(self._signalled, signal.SIGKILL)
         self._signalled = []
 
     def kill(self):
         if self._child is not None:
-            for pid in [*descendants(self._child.pid), self._child.pid]:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            signal_all([*descendants(self._child.pid), self._child.pid], signal.SIGKILL)
 
 
 def tee(stream, log):

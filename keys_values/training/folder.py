@@ -3,6 +3,7 @@ the same identity, left as it is (Finished); an interrupted one resumed from its
 with the flags it was started with; anything else one line naming the flags that differ."""
 
 import os
+from contextlib import contextmanager
 
 from keys_values import identity
 from keys_values.experiment import checkpoints, layout, lock, records
@@ -119,6 +120,18 @@ def disk_full(error):
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return isinstance(error, (OSError, RuntimeError)) and any(w in str(error) for w in DISK_FULL)
+
+
+@contextmanager
+def disk_full_in_one_line(out, trainable):
+    """A full disk while the block writes the run (its checkpoints, its record) is one line (disk_full_message);
+    any other error passes as it is."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if not disk_full(e):
+            raise
+        raise UserError(disk_full_message(out, trainable)) from None
 
 
 def disk_full_message(out, trainable):
