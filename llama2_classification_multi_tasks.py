@@ -39,7 +39,7 @@ def main(argv=None):
     print(f"{len(blocks)} blocks of {cfg.max_seq_length} tokens, loss on {cfg.loss_on}, {steps} optimizer steps, "
           f"the loss logged every {logging_steps}")
     if cfg.dry_run:
-        dry_run.print_plan(dry_run.memory_plan(plan, blocks))
+        dry_run.print_plan(dry_run.memory_plan(plan, blocks), cfg.plan_json)
         return
     try:
         resume_from = folder.check_folder(plan.folder, cfg, plan.identity)

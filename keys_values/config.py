@@ -177,6 +177,8 @@ class TrainingConfig:
     dry_run: str = flag(None, "print the plan and the peak-memory estimate, load no weights, write nothing: for this "
                         "machine (no value), one bf16-capable GPU (`gpu`) or FSDP over N such GPUs (`fsdp:N`)",
                         PROJECT, nargs="?", const="here", type=dry_run_target, metavar="WHERE")
+    plan_json: bool = flag(False, "with --dry_run: end the printed plan with the whole plan as one line of JSON, for "
+                           "scripts", PROJECT)
     logging_steps: int = flag(None, "log the training loss every N optimizer steps (default: enough for 20 points "
                               "per run)", PROJECT, type=int)
     save_steps: int = flag(2000, "checkpoint every N optimizer steps", PROJECT)
@@ -209,6 +211,8 @@ class TrainingConfig:
             raise UserError(f"--max_steps must be positive or -1, got {self.max_steps}")
         if not self.learning_rate > 0 or not math.isfinite(self.learning_rate):
             raise UserError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.plan_json and not self.dry_run:
+            raise UserError("--plan_json goes with --dry_run: it prints the plan, it does not train")
         if self.resume and self.overwrite:
             raise UserError("--resume and --overwrite contradict each other: choose one")
         for m in self.target_modules or []:

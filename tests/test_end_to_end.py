@@ -40,7 +40,7 @@ def test_acceptance_command_leaves_the_spec_layout_as_planned(tmp_path):
     out = str(tmp_path / "exp")
     argv = [*SMALL, "--target_modules", "q_proj", "v_proj", "up_proj", "--tasks", "boolq", "COPA", "CB",
             "--max_steps", "3", "--output_root", out]
-    plan = json.loads(run(TRAIN, *argv, "--dry_run").stdout.strip().splitlines()[-1])
+    plan = json.loads(run(TRAIN, *argv, "--dry_run", "--plan_json").stdout.strip().splitlines()[-1])
     assert not os.path.exists(out)  # a dry run writes nothing
     run(TRAIN, *argv)
     exp = only_dir(out)

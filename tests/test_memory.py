@@ -155,7 +155,7 @@ def llama2_folder(tmp_path_factory):
 
 def dry_run(folder, out, *extra):
     p = run(TRAIN, *PAPER, "--pretrained_ckpt", folder, "--data_root", SAMPLE, "--output_root", str(out),
-            "--dry_run", "gpu", *extra)
+            "--dry_run", "gpu", "--plan_json", *extra)
     return json.loads(p.stdout.strip().splitlines()[-1]), p.stdout
 
 
@@ -179,6 +179,28 @@ def test_dry_run_of_the_papers_command_on_llama2_7b(llama2_folder, tmp_path):
     assert no_gc["memory_estimate_bytes"]["weights"] == plan["memory_estimate_bytes"]["weights"]
 
 
+def test_dry_run_prints_words_and_json_only_when_asked(tmp_path, capsys):
+    """--dry_run prints the plan in short lines of words; the whole plan as one line of JSON comes only with
+    --plan_json, as the last line, and holds what the words say."""
+    import llama2_classification_multi_tasks as train
+
+    argv = ["--pretrained_ckpt", MODEL, "--data_root", SAMPLE, "--tasks", "CB", "--target_modules", "up_proj",
+            "--max_samples", "8", "--max_seq_length", "64", "--dtype", "fp32", "--dry_run", "--output_root",
+            str(tmp_path / "out")]
+    capsys.readouterr()
+    train.main(argv)
+    words = capsys.readouterr().out.strip().splitlines()
+    assert words[-1].startswith("  ") and "peak memory per device" in "\n".join(words)
+    assert not any(line.lstrip().startswith("{") for line in words) and max(map(len, words)) < 300
+    train.main([*argv, "--plan_json"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[:-1] == words
+    plan = json.loads(lines[-1])
+    assert plan["target_modules"] == ["up_proj"] and plan["tasks"]["CB"]["rows"] == 8
+    assert f"{plan['optimizer_steps']} optimizer steps" in "\n".join(words)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_dry_run_on_every_architecture_counts_its_lora_activations(model_type, tmp_path, capsys):
     """--dry_run on a tiny model of every architecture the roles table knows: it plans (no missing config
@@ -193,7 +215,7 @@ def test_dry_run_on_every_architecture_counts_its_lora_activations(model_type, t
     train.main(["--pretrained_ckpt", folder, "--data_root", SAMPLE, "--tasks", "CB", "--target_modules",
                 "attention_qv", "values", "--dropout", "0" if model_type in MOE else "0.1", "--max_samples", "8",
                 "--per_device_train_batch_size", "2", "--max_seq_length", "64", "--dtype", "fp32", "--dry_run",
-                "--output_root", str(tmp_path / "out")])
+                "--plan_json", "--output_root", str(tmp_path / "out")])
     plan = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     model = models.meta_model(models.load_config(folder))
     inputs = {}

@@ -527,7 +527,7 @@ def test_an_interrupt_says_what_was_kept_and_how_to_continue(model, data, tmp_pa
 def test_a_folder_in_use_is_refused_in_one_line(model, data, tmp_path):
     out = str(tmp_path / "out")
     argv = training(model, data, out, "--max_steps", "1")
-    plan = json.loads(run(TRAIN, *argv, "--dry_run").stdout.strip().splitlines()[-1])
+    plan = json.loads(run(TRAIN, *argv, "--dry_run", "--plan_json").stdout.strip().splitlines()[-1])
     with lock.lock(plan["experiment_dir"], "training"):
         p = run(TRAIN, *argv, check=False)
         assert p.returncode == 2 and "is in use by training (pid" in p.stderr and "Traceback" not in p.stderr

@@ -117,7 +117,7 @@ class StudyPlan:
 
     def resolved_flags(self):
         """The training flags every run gets, as the training script resolves them."""
-        skip = {"target_modules", "seed", "resume", "overwrite", "dry_run"}
+        skip = {"target_modules", "seed", "resume", "overwrite", "dry_run", "plan_json"}
         words = []
         for k, v in vars(self.t).items():
             if k in skip or v is None or (v is False and k != "gradient_checkpointing"):

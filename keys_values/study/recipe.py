@@ -18,6 +18,7 @@ SMALL_STUDY = {"pretrained_ckpt": config.EMBEDDED_MODEL, "data_root": "sample_da
 SET_BY_THE_STUDY = {"target_modules": "--settings", "seed": "--seeds", "resume": "nothing (the study resumes by "
                     "itself)", "overwrite": "nothing (delete a run's folder to train it again)",
                     "dry_run": "the study's own --dry_run"}
+NOT_FOR_THE_STUDY = {"plan_json": "study.py has no --plan_json: its --dry_run prints a table of every run"}
 
 
 def is_embedded(ckpt):
@@ -33,6 +34,9 @@ def parse(parser, argv=None):
     for dest, instead in SET_BY_THE_STUDY.items():
         if dest in given:
             raise UserError(f"study.py sets --{dest} itself: use {instead}")
+    for dest, why in NOT_FOR_THE_STUDY.items():
+        if dest in given:
+            raise UserError(why)
     small = "pretrained_ckpt" not in given or is_embedded(given["pretrained_ckpt"])
     recipe = config.to_argv({k: v for k, v in SMALL_STUDY.items() if k not in given}) if small else []
     argv = recipe + rest

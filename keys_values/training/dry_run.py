@@ -11,7 +11,7 @@ from keys_values.experiment import state
 
 
 def memory_plan(plan, blocks):
-    """The dry run's plan of a RunPlan and its training blocks, as one dict (the last line of the output)."""
+    """The dry run's plan of a RunPlan and its training blocks, as one dict (printed in words, and as one line of JSON with --plan_json)."""
     from peft import get_peft_model
 
     cfg = plan.config
@@ -45,7 +45,9 @@ def memory_plan(plan, blocks):
     }
 
 
-def print_plan(p):
+def print_plan(p, as_json=False):
+    """Print the plan `p` (memory_plan's dict) in words; with `as_json` (--plan_json), then the whole of it as
+    one line of JSON."""
     gib = {k: v / memory.GIB for k, v in p["memory_estimate_bytes"].items()}
     print(f"\nplan: {p['experiment_dir']} ({p['folder']})")
     for name, t in p["tasks"].items():
@@ -64,4 +66,5 @@ def print_plan(p):
           + f" -> total {gib['total']:.2f} GiB")
     if p["fits_gib"]:
         print("  fits: " + ", ".join(f"{g} GB {'yes' if ok else 'no'}" for g, ok in p["fits_gib"].items()))
-    print(json.dumps(p))
+    if as_json:
+        print(json.dumps(p))
