@@ -80,6 +80,63 @@ def test_ranked_tasks_share_batches(small, monkeypatch):
     assert [len(out[n]) for n in jobs] == [5, 5] and all(p in jobs["CB"]["options"] for _, p, _ in out["CB"])
 
 
+class RecordingBar:
+    """A stand-in for tqdm that records where the bar stands after each move: (units done, postfix)."""
+
+    def __init__(self, total, **kwargs):
+        self.total, self.n, self.postfix, self.moves = total, 0, "", []
+        RecordingBar.last = self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def set_postfix_str(self, text, refresh=True):
+        self.postfix = text
+
+    def update(self, units):
+        self.n += units
+        self.moves.append((self.n, self.postfix))
+
+
+def test_progress_counts_work_and_moves_within_a_long_batch(monkeypatch):
+    """The bar's total is the items' work (tokens), its postfix the examples done; a batch's ticks move it while
+    the batch runs, never past the batch's share; a batch halved after running out of memory takes back what it
+    had ticked."""
+    import tqdm
+
+    monkeypatch.setattr(tqdm, "tqdm", RecordingBar)
+    items = [40, 10, 10]  # work per item; batch size 2: [40, 10] then [10]
+    tried = []
+
+    def fn(chunk, tick):
+        tried.append(list(chunk))
+        for _ in range(3):
+            tick(15)  # 45 ticked of a 50-unit batch; the last 15 of [10] cut to its 10
+        if len(tried) == 1:
+            raise torch.OutOfMemoryError("stand-in")
+        return chunk
+
+    out = generate.batched(fn, items, 2, "CB", work=lambda x: x)
+    bar = RecordingBar.last
+    assert out == items and tried == [[40, 10], [40], [10], [10]] and bar.total == 60
+    assert [n for n, _ in bar.moves] == [15, 30, 45, 0, 15, 30, 40, 40, 50, 50, 60, 60]
+    assert bar.moves[6] == (40, "0/3 ex") and bar.moves[7] == (40, "1/3 ex") and bar.moves[-1] == (60, "3/3 ex")
+
+
+def test_generation_reports_each_step_to_the_bar(tmp_path):
+    """The generation's stopping criterion ticks the prompts' tokens after the prefill, then one token per prompt
+    per step: a batch of two prompts (5 and 3 tokens) over 4 new tokens ticks 8 + 2, then 2, 2, 2."""
+    from tiny_models import tiny_model
+
+    tok = models.load_tokenizer(MODEL)
+    ticks = []
+    out = generate.generate(tiny_model("llama"), tok, [[5] * 5, [6] * 3], 4, ticks.append)
+    assert len(out) == 2 and ticks[:4] == [10, 2, 2, 2] and len(ticks) == 4
+
+
 class OutOfMemoryAbove:
     """A stand-in model whose generate raises torch.OutOfMemoryError for a batch above `limit` prompts (and
     for the prompt of `fails_alone` tokens whatever the batch), else answers 'true'."""
@@ -202,7 +259,7 @@ def test_one_very_long_prompt_runs_alone_not_with_short_ones_padded_to_it(monkey
     still gets its own answer."""
     chunks = []
 
-    def fake_generate(model, tok, chunk, max_new_tokens):
+    def fake_generate(model, tok, chunk, max_new_tokens, tick=None):
         chunks.append([len(c) for c in chunk])
         return [(f"answer{len(c)}", "") for c in chunk]
 

@@ -75,14 +75,15 @@ def rank_tasks(model, tok, jobs, args):
     items = [(name, i, shared, conts) for name, job in jobs.items() for i, (shared, conts) in enumerate(job["items"])]
     items.sort(key=lambda x: -(len(x[2]) + sum(map(len, x[3]))))
 
-    def run(chunk):
+    def run(chunk, tick):  # one forward pass: the bar moves when it ends
         return rank(model, [(s, c) for _, _, s, c in chunk], tok.pad_token_id)
 
     def limit(first):
         width = len(first[2]) + sum(map(len, first[3]))
         return max(1, RANK_MASK_BUDGET // (width * width))
 
-    scores = batched(run, items, args.batch_size, "rank " + " ".join(jobs), limit)
+    scores = batched(run, items, args.batch_size, "rank " + " ".join(jobs), limit,
+                     work=lambda x: len(x[2]) + sum(map(len, x[3])))
     out = {name: [None] * len(job["items"]) for name, job in jobs.items()}
     for (name, i, _, _), s in zip(items, scores):
         if isinstance(out[name], NonFinite):
