@@ -51,9 +51,7 @@ def main(argv=None):
     import torch
     from accelerate import PartialState
 
-    from keys_values.callbacks import RunControl, train_loss_of
-    from keys_values.loss import NonFinite
-    from keys_values.training.trainer import fit
+    from keys_values.callbacks import RunControl
 
     out = plan.folder
     state = PartialState(cpu=not torch.cuda.is_available())  # on CPUs plain PartialState() makes every process main
@@ -71,38 +69,56 @@ def main(argv=None):
         state.wait_for_everyone()
         control = RunControl()
         try:
-            with folder.disk_full_in_one_line(out, trainable):
-                trainer, _ = fit(model, tokenizer, blocks, cfg, out, resume_from, plan.precision, plan.placement,
-                                 logging_steps, control, planned_steps=steps)
-            mean = train_loss_of(trainer.state.log_history, trainer.state.global_step)
-            if mean is not None and not math.isfinite(mean):  # before anything is written: the run is not finished
-                raise NonFinite(f"the mean training loss is {mean}")
-        except KeyboardInterrupt:
+            with control.handling_signals():  # to the end of the final save: a stop during it lets the save finish
+                trainer, mean = train(model, tokenizer, blocks, cfg, out, resume_from, plan, logging_steps, control,
+                                      steps, trainable)
+                adapter = fsdp.full_adapter_state_dict(trainer.model) if trainer.is_fsdp_enabled else None  # all ranks
+                if state.is_main_process:
+                    record = plan.record(n_blocks=len(blocks), trainable=trainable, total=total,
+                                         logging_steps=logging_steps, seconds=round(time.time() - t0, 1),
+                                         target_modules=sorted(model.peft_config["default"].target_modules))
+                    with folder.disk_full_in_one_line(out, trainable):  # the final save: its files are written whole
+                        save.save_experiment(trainer, tokenizer, cfg, out, record, loss=mean, adapter=adapter)
+                    loss = "no loss logged" if mean is None else f"train loss {mean:.4f}"
+                    print(f"{loss} (mean over {trainer.state.global_step} steps); experiment saved in {out}")
+                    if control.stop_requested:
+                        print(f"{control.stop_requested} came after the run's last step: the run is finished")
+                    plan.say_downloads()
+        except KeyboardInterrupt:  # a second Ctrl-C: at once, wherever it lands
             print(f"\ninterrupted: {folder.kept(out)} in {out}; continue with: {continue_command()}", file=sys.stderr)
             sys.exit(INTERRUPTED)
-        except NonFinite as e:
-            raise UserError(f"{e} {folder.step_of(out)}, in {plan.precision.why}: the numbers left the range of the "
-                            f"precision or the updates diverged; train with --dtype fp32 or a lower --learning_rate; "
-                            f"{folder.kept(out)}") from None
-        if control.interrupted:  # Ctrl-C: the checkpoint of the step it landed in was saved
-            print(f"\ninterrupted at step {trainer.state.global_step}: {folder.kept(out)} in {out}; continue with: "
-                  f"{continue_command()}", file=sys.stderr)
-            sys.exit(INTERRUPTED)
-        if control.stop_requested:
-            print(f"stopped on {control.stop_requested} at step {trainer.state.global_step}: {folder.kept(out)}; "
-                  f"continue with: {continue_command()}", file=sys.stderr)
-            sys.exit(RESUMABLE)
-        adapter = fsdp.full_adapter_state_dict(trainer.model) if trainer.is_fsdp_enabled else None  # all processes
-        if state.is_main_process:
-            record = plan.record(n_blocks=len(blocks), trainable=trainable, total=total, logging_steps=logging_steps,
-                                 target_modules=sorted(model.peft_config["default"].target_modules),
-                                 seconds=round(time.time() - t0, 1))
-            with folder.disk_full_in_one_line(out, trainable):  # the final save: its files are written whole
-                save.save_experiment(trainer, tokenizer, cfg, out, record, loss=mean, adapter=adapter)
-            loss = "no loss logged" if mean is None else f"train loss {mean:.4f}"
-            print(f"{loss} (mean over {trainer.state.global_step} steps); experiment saved in {out}")
-            plan.say_downloads()
-        state.wait_for_everyone()
+    state.wait_for_everyone()
+
+
+def train(model, tokenizer, blocks, cfg, out, resume_from, plan, logging_steps, control, steps, trainable):
+    """(the Trainer after its last step, the mean training loss), or the exit of a run stopped before its last
+    step: a stop (SIGUSR1, SIGTERM) saved a checkpoint and exits RESUMABLE; Ctrl-C saved the checkpoint of the
+    step it landed in and exits INTERRUPTED. A stop that comes once the last step is done is left to the final
+    save, on every rank alike (the ranks agreed on every stop up to the last step)."""
+    from keys_values.callbacks import train_loss_of
+    from keys_values.loss import NonFinite
+    from keys_values.training.trainer import fit
+
+    try:
+        with folder.disk_full_in_one_line(out, trainable):
+            trainer, _ = fit(model, tokenizer, blocks, cfg, out, resume_from, plan.precision, plan.placement,
+                             logging_steps, control, planned_steps=steps)
+        mean = train_loss_of(trainer.state.log_history, trainer.state.global_step)
+        if mean is not None and not math.isfinite(mean):  # before anything is written: the run is not finished
+            raise NonFinite(f"the mean training loss is {mean}")
+    except NonFinite as e:
+        raise UserError(f"{e} {folder.step_of(out)}, in {plan.precision.why}: the numbers left the range of the "
+                        f"precision or the updates diverged; train with --dtype fp32 or a lower --learning_rate; "
+                        f"{folder.kept(out)}") from None
+    if trainer.state.global_step < steps and control.interrupted:  # Ctrl-C: its step's checkpoint was saved
+        print(f"\ninterrupted at step {trainer.state.global_step}: {folder.kept(out)} in {out}; continue with: "
+              f"{continue_command()}", file=sys.stderr)
+        sys.exit(INTERRUPTED)
+    if trainer.state.global_step < steps and control.stop_requested:
+        print(f"stopped on {control.stop_requested} at step {trainer.state.global_step}: {folder.kept(out)}; "
+              f"continue with: {continue_command()}", file=sys.stderr)
+        sys.exit(RESUMABLE)
+    return trainer, mean
 
 
 def continue_command():

@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -29,6 +31,7 @@ EDIT = os.path.join(ROOT, "edit_knowledge.py")
 
 
 REPORT = os.path.join(ROOT, "get_eval_tasks.py")
+STANDIN = os.path.join(ROOT, "tests", "slurm_standin")  # Slurm's commands, played on this machine
 MODULES = {TRAIN: "llama2_classification_multi_tasks", EVAL: "llama2_classification_multi_tasks_inference",
            STUDY: "study", REPORT: "get_eval_tasks", EDIT: "edit_knowledge"}
 
@@ -140,3 +143,21 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def slurm(tmp_path, monkeypatch):
+    """Slurm played by the stand-ins in tests/slurm_standin/ (first on PATH); returns their state folder."""
+    import submitit
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    from keys_values import launch
+
+    monkeypatch.setenv("PATH", os.pathsep.join([STANDIN, os.path.dirname(sys.executable), os.environ["PATH"]]))
+    monkeypatch.setenv("SLURM_STANDIN_DIR", str(tmp_path / "slurm"))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.chdir(tmp_path)  # the tasks run where sbatch ran: launch.py must be importable from anywhere
+    monkeypatch.setattr(launch.slurm, "POLL_S", 0.2)
+    # job ids restart at 1000 in each test: a fresh watcher of job states, as a new study process would have
+    monkeypatch.setattr(submitit.SlurmJob, "watcher", SlurmInfoWatcher(delay_s=600))
+    return tmp_path / "slurm"

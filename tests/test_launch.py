@@ -11,13 +11,11 @@ import time
 
 import pytest
 import submitit
-from submitit.slurm.slurm import SlurmInfoWatcher
 
 from keys_values import environment, launch
 from keys_values.launch import Outcome, Run, SlurmOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STANDIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slurm_standin")
 CORES = len(os.sched_getaffinity(0))
 
 # a command appending "<label> OMP_NUM_THREADS=<n>" to a file: which commands ran, in which order, with what
@@ -118,19 +116,6 @@ def test_a_failed_run_stops_its_own_commands_only_and_75_is_resumable(tmp_path, 
     for o in outcomes:
         status = json.load(open(launch.status_path(o.run)))
         assert status["started"] == o.started <= o.ended == status["ended"] and status["returncode"] == o.returncode
-
-
-@pytest.fixture
-def slurm(tmp_path, monkeypatch):
-    """Slurm played by the stand-ins; returns their state folder."""
-    monkeypatch.setenv("PATH", os.pathsep.join([STANDIN, os.path.dirname(sys.executable), os.environ["PATH"]]))
-    monkeypatch.setenv("SLURM_STANDIN_DIR", str(tmp_path / "slurm"))
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.chdir(tmp_path)  # the tasks run where sbatch ran: launch.py must be importable from anywhere
-    monkeypatch.setattr(launch.slurm, "POLL_S", 0.2)
-    # job ids restart at 1000 in each test: a fresh watcher of job states, as a new study process would have
-    monkeypatch.setattr(submitit.SlurmJob, "watcher", SlurmInfoWatcher(delay_s=600))
-    return tmp_path / "slurm"
 
 
 def submitted(slurm_dir):
@@ -295,7 +280,8 @@ def training_under(shape, tmp_path):
     starts, ready, checkpoint = (tmp_path / n for n in ("starts", "ready", "checkpoint"))
     if shape == "plain":
         return py(WORKER, starts, ready, checkpoint, 0), (starts, f"{ready}.0", checkpoint, 1)
-    return py(LAUNCHER, textwrap.dedent(WORKER), starts, ready, checkpoint), (starts, f"{ready}.0", checkpoint, 2)
+    # the launcher's own ready file: written once every worker has its handlers (a worker's own could come first)
+    return py(LAUNCHER, textwrap.dedent(WORKER), starts, ready, checkpoint), (starts, ready, checkpoint, 2)
 
 
 def wait_for_file(path, timeout=60):

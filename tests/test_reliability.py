@@ -141,6 +141,123 @@ def test_a_resumed_run_ends_where_the_uninterrupted_one_ends(model, data, tmp_pa
         assert (v - adapter[k]).abs().max() < 1e-5, k
 
 
+# The training script under a Slurm array task (the stand-ins), as the study runs it (with --resume), stopped by
+# the time-limit signal at a chosen point on its first start: at the end of step K ("step K"), as the final save
+# begins ("save"), or as the final save hangs past the task's grace period and is killed ("save, killed")
+UNDER_SLURM = """
+import os, sys, time
+root, starts, ready, where = sys.argv[1:5]
+argv = sys.argv[5:]
+sys.path.insert(0, root)
+with open(starts, "a") as f:
+    f.write("start\\n")
+first = open(starts).read().count("start") == 1
+from keys_values import callbacks
+from keys_values.training import save
+
+asked = []
+request_stop = callbacks.RunControl.request_stop
+
+
+def noting(self, signum, frame):
+    asked.append(signum)
+    request_stop(self, signum, frame)
+
+
+def stop_here():
+    open(ready, "w").close()  # the stand-in's cue: the time-limit signal comes now
+    deadline = time.time() + 120
+    while not asked and time.time() < deadline:
+        time.sleep(0.05)
+
+
+callbacks.RunControl.request_stop = noting
+if first and where.startswith("step"):
+    on_step_end = callbacks.RunControl.on_step_end
+
+    def at_step(self, args, state, control, **kwargs):
+        if state.global_step == int(where.split()[1]):
+            stop_here()
+        return on_step_end(self, args, state, control, **kwargs)
+
+    callbacks.RunControl.on_step_end = at_step
+if first and where.startswith("save"):
+    write_json = save.write_json
+
+    def in_the_save(path, obj):  # the adapter and results.pkl are written; results.json and the record not yet
+        stop_here()
+        if where == "save, killed":
+            time.sleep(120)  # a save that hangs (a slow file system): the task kills it after its grace period
+        return write_json(path, obj)
+
+    save.write_json = in_the_save
+import llama2_classification_multi_tasks as train
+from utils import run_main
+
+sys.argv = [train.__file__, *argv]
+run_main(train.main)
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(model, data, tmp_path_factory):
+    """The run a stopped and resumed one must equal: (its folder's name, its record, its adapter)."""
+    from safetensors.torch import load_file
+
+    root = str(tmp_path_factory.mktemp("whole"))
+    run(TRAIN, *training(model, data, root, "--max_steps", "3"))
+    exp = only_dir(root)
+    return (os.path.basename(exp), json.load(open(os.path.join(exp, "experiment.json"))),
+            load_file(os.path.join(exp, "assets", "adapter_model.safetensors")))
+
+
+@pytest.mark.slow  # a Slurm array task (stand-ins), the training in a process of its own, requeued
+@pytest.mark.parametrize("where,starts", [("step 1", 2), ("step 2", 2), ("step 3", 1), ("save", 1),
+                                          ("save, killed", 2)],
+                         ids=["the first step", "a middle step", "the last step", "the final save",
+                              "the final save, killed"])
+def test_a_run_stopped_by_slurms_time_limit_ends_where_the_uninterrupted_one_ends(model, data, tmp_path, slurm,
+                                                                                   monkeypatch, uninterrupted,
+                                                                                   where, starts):
+    """Slurm's time-limit signal at the first, a middle or the last step, or during the final save: the run
+    ends at the same step with the same loss and adapter as the uninterrupted run. Stopped before its last step,
+    it saves that step's checkpoint and the requeued task resumes from it; at the last step or during the final
+    save, the save finishes in the same task (nothing is left to resume); a save killed after the task's grace
+    period is redone by the requeued task from the last step's checkpoint."""
+    from safetensors.torch import load_file
+
+    from keys_values import launch
+    from keys_values.launch import Run, SlurmOptions
+
+    name, whole, adapter = uninterrupted
+    ready, started = tmp_path / "ready", tmp_path / "starts"
+    monkeypatch.setenv("SLURM_STANDIN_TIME_LIMIT", f"0:{ready}")
+    out = str(tmp_path / "out")
+    command = [sys.executable, "-c", UNDER_SLURM, ROOT, str(started), str(ready), where,
+               *training(model, data, out, "--max_steps", "3"), "--resume"]
+    [outcome] = launch.run_all([Run("long", [command], tmp_path / "long.log")], "slurm", gpus_per_run=0,
+                               slurm=SlurmOptions(time=5, signal_delay_s=45), folder=tmp_path / "study",
+                               progress=lambda line: None)
+    log = open(outcome.log).read()
+    assert (outcome.ok, outcome.returncode) == (True, 0), log[-3000:]
+    assert "the task is requeued" in log and open(started).read().count("start") == starts, log[-3000:]
+    exp = only_dir(out)
+    record = json.load(open(os.path.join(exp, "experiment.json")))
+    assert os.path.basename(exp) == name and record["global_step"] == whole["global_step"] == 3
+    assert not os.path.exists(os.path.join(exp, "checkpoint-4"))
+    assert record["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-5)
+    for k, v in load_file(os.path.join(exp, "assets", "adapter_model.safetensors")).items():
+        assert (v - adapter[k]).abs().max() < 1e-5, k
+    if where.startswith("step") and starts == 2:
+        step = int(where.split()[1])
+        assert f"stopped on SIGUSR1 at step {step}: checkpoint-{step} kept" in log
+        assert f"--resume: continuing from {os.path.join(exp, f'checkpoint-{step}')} (step {step})" in log
+    if where == "save, killed":
+        assert f"holds the run's last step (3): it is the finished run" in log
+    if starts == 1:
+        assert "SIGUSR1 came after the run's last step: the run is finished" in log
+
+
 def test_a_resumed_run_saves_and_logs_at_its_own_intervals(model, data, tmp_path):
     """The Trainer restores the checkpoint's save and logging intervals; the flags of the resumed run decide."""
     argv = training(model, data, str(tmp_path), "--max_steps", "4", "--save_steps", "1", "--logging_steps", "1")
