@@ -5,7 +5,8 @@ with two paraphrases and up to five neighbours that share its true answer.
 
 The rows are synthetic and made to be learnable: in every task the label follows from one visible cue
 in the text (a verb of certainty, a shared word, a topic keyword), so a short LoRA run on a small model
-can beat the majority baseline. They test the pipeline, not the paper's claim. Deterministic:
+can beat the majority baseline. No evaluation row repeats a training row (the evaluation measures what was
+learnt, not what was seen). They test the pipeline, not the paper's claim. Deterministic:
 re-running writes the same bytes (a test checks this).
 
     python scripts/make_sample_data.py [--out sample_data]
@@ -213,6 +214,11 @@ def edits(rng):
     return out
 
 
+def content(row):
+    """A row's text and label, without its running number or id."""
+    return json.dumps({k: v for k, v in row.items() if k not in ("idx", "id", "key")}, sort_keys=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sample_data"))
@@ -220,12 +226,17 @@ def main():
     for k, (task, (make, eval_split, closed)) in enumerate(GENERATORS.items()):
         rng = random.Random(1000 + k)
         sizes = {"train": 120, eval_split: 40} if closed else {"train": 40, eval_split: 20}
+        seen = set()  # the training rows' contents: an evaluation row is drawn again until it is none of them
         for split, n in sizes.items():
             path = os.path.join(args.out, task, f"{split}.jsonl")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w", encoding="utf-8") as f:
                 for i in range(n):
-                    f.write(json.dumps(make(rng, i)) + "\n")
+                    row = make(rng, i)
+                    while split != "train" and content(row) in seen:
+                        row = make(rng, i)
+                    seen.add(content(row))
+                    f.write(json.dumps(row) + "\n")
     path = os.path.join(args.out, "edits", "counterfact.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:

@@ -217,6 +217,10 @@ def test_sample_data_is_reproducible_and_complete(tmp_path):
         evals, _ = data.load(task, str(tmp_path), task.eval_split)
         if task.closed:
             assert len(train) >= 60 and len(evals) >= 30
+        seen = {(tuple(sorted(e.fields.items())), e.label) for e in train}
+        assert not [e for e in evals if (tuple(sorted(e.fields.items())), e.label) in seen], name  # none seen
+        from keys_values.training.plan import training_warnings
+        assert training_warnings(task, train, str(tmp_path)) == []
 
 
 def test_qa_rows_keep_every_gold_answer():
