@@ -38,7 +38,8 @@ def config_folder(parent, name, model_config):
 
 def dry_run(folder, data_root, *extra):
     cmd = [sys.executable, os.path.join(ROOT, "llama2_classification_multi_tasks.py"), "--lora_r", "8", "--epochs", "5",
-           "--dropout", "0.1", "--bnb", "--tasks", *TASKS, "--pretrained_ckpt", folder, "--data_root", data_root, *extra]
+           "--dropout", "0.1", "--bnb", "--tasks", *TASKS, "--pretrained_ckpt", folder, "--data_root", data_root, *extra,
+           "--plan_json"]  # the plan's last line: the whole plan as JSON
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
