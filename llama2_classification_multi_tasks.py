@@ -110,11 +110,12 @@ def train(model, tokenizer, blocks, cfg, out, resume_from, plan, logging_steps, 
         raise UserError(f"{e} {folder.step_of(out)}, in {plan.precision.why}: the numbers left the range of the "
                         f"precision or the updates diverged; train with --dtype fp32 or a lower --learning_rate; "
                         f"{folder.kept(out)}") from None
-    if trainer.state.global_step < steps and control.interrupted:  # Ctrl-C: its step's checkpoint was saved
+    last_done = trainer.state.global_step >= trainer.state.max_steps  # the Trainer ended at its last step
+    if not last_done and control.interrupted:  # Ctrl-C: its step's checkpoint was saved
         print(f"\ninterrupted at step {trainer.state.global_step}: {folder.kept(out)} in {out}; continue with: "
               f"{continue_command()}", file=sys.stderr)
         sys.exit(INTERRUPTED)
-    if trainer.state.global_step < steps and control.stop_requested:
+    if not last_done and control.stop_requested:
         print(f"stopped on {control.stop_requested} at step {trainer.state.global_step}: {folder.kept(out)}; "
               f"continue with: {continue_command()}", file=sys.stderr)
         sys.exit(RESUMABLE)
