@@ -55,40 +55,41 @@ def main(argv=None):
 
     out = plan.folder
     state = PartialState(cpu=not torch.cuda.is_available())  # on CPUs plain PartialState() makes every process main
-    with lock.lock(out, "training") if state.is_main_process else lock.nothing():
-        model = lora.add_lora(models.load_base(plan.checkpoint, plan.precision, plan.placement, cfg.trust_remote_code),
-                              cfg, plan.precision, plan.targets)
-        trainable, total = model.get_nb_trainable_parameters()
-        print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%); "
-              f"{plan.precision.why}; gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}; "
-              f"{plan.placement.what}")
-        if state.is_main_process:
-            if cfg.overwrite:
-                folder.empty(out)
-            write_json(layout.identity_path(out), plan.started())
-        state.wait_for_everyone()
-        control = RunControl()
-        try:
-            with control.handling_signals():  # to the end of the final save: a stop during it lets the save finish
-                trainer, mean = train(model, tokenizer, blocks, cfg, out, resume_from, plan, logging_steps, control,
-                                      steps, trainable)
-                adapter = fsdp.full_adapter_state_dict(trainer.model) if trainer.is_fsdp_enabled else None  # all ranks
-                if state.is_main_process:
-                    record = plan.record(n_blocks=len(blocks), trainable=trainable, total=total,
-                                         logging_steps=logging_steps, seconds=round(time.time() - t0, 1),
-                                         target_modules=sorted(model.peft_config["default"].target_modules))
-                    with folder.disk_full_in_one_line(out, trainable):  # the final save: its files are written whole
-                        save.save_experiment(trainer, tokenizer, cfg, out, record, loss=mean, adapter=adapter)
-                    loss = "no loss logged" if mean is None else f"train loss {mean:.4f}"
-                    print(f"{loss} (mean over {trainer.state.global_step} steps); experiment saved in {out}")
-                    if control.stop_requested:
-                        print(f"{control.stop_requested} came after the run's last step: the run is finished")
-                    plan.say_downloads()
-        except KeyboardInterrupt:  # a second Ctrl-C: at once, wherever it lands
-            print(f"\ninterrupted: {folder.kept(out)} in {out}; continue with: {continue_command()}", file=sys.stderr)
-            sys.exit(INTERRUPTED)
-    state.wait_for_everyone()
-
+    control = RunControl()
+    try:
+        # from the model's loading to the end of the final save, a stop (SIGUSR1, SIGTERM) waits for the end of a
+        # step, or of the save; Ctrl-C before the first step stops at once, a second Ctrl-C at any time
+        with lock.lock(out, "training") if state.is_main_process else lock.nothing(), control.handling_signals():
+            model = lora.add_lora(models.load_base(plan.checkpoint, plan.precision, plan.placement,
+                                                   cfg.trust_remote_code), cfg, plan.precision, plan.targets)
+            trainable, total = model.get_nb_trainable_parameters()
+            print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.3f}%); "
+                  f"{plan.precision.why}; gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}; "
+                  f"{plan.placement.what}")
+            if state.is_main_process:
+                if cfg.overwrite:
+                    folder.empty(out)
+                write_json(layout.identity_path(out), plan.started())
+            state.wait_for_everyone()
+            trainer, mean = train(model, tokenizer, blocks, cfg, out, resume_from, plan, logging_steps, control,
+                                  steps, trainable)
+            adapter = fsdp.full_adapter_state_dict(trainer.model) if trainer.is_fsdp_enabled else None  # all ranks
+            if state.is_main_process:
+                record = plan.record(n_blocks=len(blocks), trainable=trainable, total=total,
+                                     logging_steps=logging_steps, seconds=round(time.time() - t0, 1),
+                                     target_modules=sorted(model.peft_config["default"].target_modules))
+                with folder.disk_full_in_one_line(out, trainable):  # the final save: its files are written whole
+                    save.save_experiment(trainer, tokenizer, cfg, out, record, loss=mean, adapter=adapter)
+                loss = "no loss logged" if mean is None else f"train loss {mean:.4f}"
+                print(f"{loss} (mean over {trainer.state.global_step} steps); experiment saved in {out}")
+                if control.stop_requested:
+                    print(f"{control.stop_requested} asked for a stop once the run's last step was done: the run was "
+                          "saved as finished")
+                plan.say_downloads()
+            state.wait_for_everyone()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {folder.kept(out)} in {out}; continue with: {continue_command()}", file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
 def train(model, tokenizer, blocks, cfg, out, resume_from, plan, logging_steps, control, steps, trainable):
     """(the Trainer after its last step, the mean training loss), or the exit of a run stopped before its last
@@ -116,7 +117,7 @@ def train(model, tokenizer, blocks, cfg, out, resume_from, plan, logging_steps, 
               f"{continue_command()}", file=sys.stderr)
         sys.exit(INTERRUPTED)
     if not last_done and control.stop_requested:
-        print(f"stopped on {control.stop_requested} at step {trainer.state.global_step}: {folder.kept(out)}; "
+        print(f"stopped on {control.stop_requested} at step {trainer.state.global_step}: {folder.kept(out)} in {out}; "
               f"continue with: {continue_command()}", file=sys.stderr)
         sys.exit(RESUMABLE)
     return trainer, mean
@@ -125,7 +126,7 @@ def train(model, tokenizer, blocks, cfg, out, resume_from, plan, logging_steps, 
 def continue_command():
     """The command that continues this run: the same arguments with --resume."""
     argv = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")]
-    return shlex.join([os.path.basename(sys.executable), sys.argv[0], *argv, "--resume"])
+    return shlex.join([sys.executable, sys.argv[0], *argv, "--resume"])  # this interpreter (a venv's, say)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ RunControl (1) logs the loss whenever a checkpoint is saved and at the last step
 every checkpoint covers every step before it (train_loss_of), (2) on SIGUSR1 or SIGTERM (a scheduler's time
 limit or pre-emption) or Ctrl-C (SIGINT) saves a checkpoint at the end of the current optimizer step and stops
 the training there (the run then exits with utils.RESUMABLE, or utils.INTERRUPTED after Ctrl-C; a second Ctrl-C
-stops at once), with every process of a distributed run agreeing on that step, (3) gives each checkpoint's files
+stops at once, as does a Ctrl-C before the first step), with every process of a distributed run agreeing on that step, (3) gives each checkpoint's files
 the umask's mode, and (4) on --resume saves and logs at this run's intervals, not the checkpoint's. Its signal
-handlers are installed only while `with control.handling_signals():` runs, and the earlier ones put back after."""
+handlers are installed only while `with control.handling_signals():` runs (the training script: from the model's
+loading to the end of the final save), and the earlier ones put back after."""
 
 import os
 import signal
@@ -23,9 +24,11 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 class RunControl(TrainerCallback):
     stop_requested = None  # the name of the signal that asked the run to stop, or None
 
+    training = False  # whether the first step has begun (before it there is nothing a Ctrl-C would wait to save)
+
     def request_stop(self, signum, frame):
-        if signum == signal.SIGINT and self.stop_requested == "SIGINT":
-            raise KeyboardInterrupt  # a second Ctrl-C: at once
+        if signum == signal.SIGINT and (self.stop_requested == "SIGINT" or not self.training):
+            raise KeyboardInterrupt  # a second Ctrl-C, or one before the training began: at once
         self.stop_requested = signal.Signals(signum).name
 
     @property
@@ -67,6 +70,7 @@ class RunControl(TrainerCallback):
         return control
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
         # a resumed Trainer takes the checkpoint's save and logging intervals: this run's flags decide them
         before = (state.save_steps, state.logging_steps)
         state.compute_steps(args, state.max_steps)

@@ -255,7 +255,7 @@ def test_a_run_stopped_by_slurms_time_limit_ends_where_the_uninterrupted_one_end
     if where == "save, killed":
         assert f"holds the run's last step (3): it is the finished run" in log
     if starts == 1:
-        assert "SIGUSR1 came after the run's last step: the run is finished" in log
+        assert "SIGUSR1 asked for a stop once the run's last step was done: the run was saved as finished" in log
 
 
 def test_a_resumed_run_saves_and_logs_at_its_own_intervals(model, data, tmp_path):
@@ -639,6 +639,55 @@ def test_an_interrupt_says_what_was_kept_and_how_to_continue(model, data, tmp_pa
     assert state.state(exp) == "partial" and checkpoints.newest_whole_checkpoint(exp, report=lambda x: None)
     step = int(lines[0].split("at step ")[1].split(":")[0])  # saved at the step it stopped at, Ctrl-C included
     assert checkpoints.checkpoints(exp)[-1][0] == step and f"checkpoint-{step} kept" in lines[0]
+
+
+# the training script with a signal to itself while the base model loads (before the first step)
+WHILE_LOADING = """
+import os, signal, sys
+root, name = sys.argv[1:3]
+sys.path.insert(0, root)
+from keys_values import models
+load_base = models.load_base
+
+
+def signalled(*args, **kwargs):
+    os.kill(os.getpid(), getattr(signal, name))
+    return load_base(*args, **kwargs)
+
+
+models.load_base = signalled
+import llama2_classification_multi_tasks as train
+from utils import run_main
+
+sys.argv = [train.__file__, *sys.argv[3:]]
+run_main(train.main)
+"""
+
+
+@pytest.mark.slow  # a real process, signalled
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1", "SIGINT"])
+def test_a_stop_while_the_model_loads_is_not_a_silent_death(model, data, tmp_path, name):
+    """A scheduler's stop (SIGTERM, SIGUSR1) while the base model loads waits for the end of the first step: its
+    checkpoint is kept and the run exits 75, resumable; Ctrl-C then stops at once (nothing to save yet), in one
+    line, exit 130. No half-written file is left either way."""
+    out = str(tmp_path / "out")
+    argv = training(model, data, out, "--max_steps", "3")
+    p = subprocess.run([sys.executable, "-c", WHILE_LOADING, ROOT, name, *argv], cwd=str(tmp_path),
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert "Traceback" not in p.stderr, p.stderr[-2000:]
+    if name == "SIGINT":
+        assert p.returncode == utils.INTERRUPTED and "interrupted: no checkpoint yet" in p.stderr, p.stderr[-2000:]
+        assert "trainable parameters" not in p.stdout  # at once: the model's loading did not go on
+        exp = p.stderr.split("no checkpoint yet (the run will start again) in ")[1].split("; continue with")[0]
+        assert exp.startswith(out) and (not os.path.exists(exp) or os.listdir(exp) == [])  # nothing was written
+    else:
+        exp = only_dir(out)
+        assert p.returncode == utils.RESUMABLE, p.stderr[-2000:]
+        assert f"stopped on {name} at step 1: checkpoint-1 kept in {exp}; continue with: {sys.executable} " in p.stderr
+        assert [step for step, _ in checkpoints.checkpoints(exp)] == [1]
+        assert run(TRAIN, *argv, "--resume").returncode == 0
+        assert json.load(open(os.path.join(exp, "experiment.json")))["global_step"] == 3
+        assert not [f for f in os.listdir(exp) if ".tmp" in f]
 
 
 def test_a_folder_in_use_is_refused_in_one_line(model, data, tmp_path):
