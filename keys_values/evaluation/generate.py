@@ -49,8 +49,9 @@ def batched(fn, items, batch_size, desc, limit=None, alike=None, work=len):
                 out.append(None)
                 ticked = 0
             i += len(chunk)
-            bar.set_postfix_str(f"{i}/{len(items)} ex", refresh=False)
-            bar.update(due - ticked)
+            if due - ticked:
+                bar.update(due - ticked)
+            bar.set_postfix_str(f"{i}/{len(items)} ex")  # drawn now: the count is never a batch behind
     return out
 
 
