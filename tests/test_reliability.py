@@ -258,6 +258,34 @@ def test_a_run_stopped_by_slurms_time_limit_ends_where_the_uninterrupted_one_end
         assert "SIGUSR1 asked for a stop once the run's last step was done: the run was saved as finished" in log
 
 
+def test_a_dry_run_says_what_a_finished_or_interrupted_folder_holds(model, data, tmp_path):
+    """--dry_run on a folder that holds a run: a finished one needs nothing (--resume) or --overwrite; an
+    interrupted one is continued by --resume from its newest whole checkpoint, which the plan names."""
+    argv = training(model, data, str(tmp_path), "--max_steps", "3", "--save_steps", "1")
+    run(TRAIN, *argv)
+    exp = only_dir(str(tmp_path))
+
+    def dry_run():
+        out = run(TRAIN, *argv, "--dry_run", "--plan_json").stdout.strip().splitlines()
+        return out, json.loads(out[-1])
+
+    words, plan = dry_run()
+    assert plan["folder"] == "finished" and plan["resumes_from_step"] is None
+    assert "  a finished run: with --resume there is nothing to do; --overwrite trains it again" in words
+    make_partial(exp, keep=3)
+    with open(os.path.join(exp, "checkpoint-3", "adapter_model.safetensors"), "r+b") as f:
+        f.truncate(20)  # not whole: the resume would skip it
+    words, plan = dry_run()
+    assert plan["folder"] == "partial" and plan["resumes_from_step"] == 2
+    assert "  an interrupted run: --resume continues it from step 2 (checkpoint-2); --overwrite starts it again" \
+        in words
+    for step, path in checkpoints.checkpoints(exp):
+        shutil.rmtree(path)
+    words, plan = dry_run()
+    assert plan["resumes_from_step"] is None and "continues it from the first step (no whole checkpoint)" in \
+        "\n".join(words)
+
+
 def test_a_resumed_run_saves_and_logs_at_its_own_intervals(model, data, tmp_path):
     """The Trainer restores the checkpoint's save and logging intervals; the flags of the resumed run decide."""
     argv = training(model, data, str(tmp_path), "--max_steps", "4", "--save_steps", "1", "--logging_steps", "1")

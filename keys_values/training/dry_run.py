@@ -7,11 +7,12 @@ import json
 
 from keys_values import data, lora, memory, models, structure
 from keys_values.config import CARDS_GIB
-from keys_values.experiment import state
+from keys_values.experiment import checkpoints, state
 
 
 def memory_plan(plan, blocks):
-    """The dry run's plan of a RunPlan and its training blocks, as one dict (printed in words, and as one line of JSON with --plan_json)."""
+    """The dry run's plan of a RunPlan and its training blocks, as one dict (printed in words, and as one line of
+    JSON with --plan_json); `resumes_from_step`: the step a partial run's --resume would continue from."""
     from peft import get_peft_model
 
     cfg = plan.config
@@ -30,8 +31,11 @@ def memory_plan(plan, blocks):
                                shards=plan.processes if plan.fsdp else 1, ffn_width=ffn, mlp_products=products)
     steps = plan.optimizer_steps(len(blocks))
     batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * plan.processes
+    folder_state = state.state(plan.folder)
+    whole = checkpoints.newest_whole_checkpoint(plan.folder, report=lambda line: None) \
+        if folder_state == "partial" else None
     return {
-        "experiment_dir": plan.folder, "folder": state.state(plan.folder),
+        "experiment_dir": plan.folder, "folder": folder_state, "resumes_from_step": whole[0] if whole else None,
         "tasks": {name: {"rows": s["used"], "source": data.describe(s)} for name, s in plan.sources.items()},
         "blocks": len(blocks), "block_size": cfg.max_seq_length, "optimizer_steps": steps,
         "processes": plan.processes, "effective_batch": batch, "tokens": steps * batch * cfg.max_seq_length,
@@ -50,6 +54,12 @@ def print_plan(p, as_json=False):
     one line of JSON."""
     gib = {k: v / memory.GIB for k, v in p["memory_estimate_bytes"].items()}
     print(f"\nplan: {p['experiment_dir']} ({p['folder']})")
+    if p["folder"] == "partial":
+        step = p["resumes_from_step"]
+        print(f"  an interrupted run: --resume continues it from {f'step {step}' if step else 'the first step'} "
+              f"({f'checkpoint-{step}' if step else 'no whole checkpoint'}); --overwrite starts it again")
+    elif p["folder"] == "finished":
+        print("  a finished run: with --resume there is nothing to do; --overwrite trains it again")
     for name, t in p["tasks"].items():
         print(f"  {name}: {t['rows']} rows from {t['source']}")
     print(f"  {p['blocks']} blocks of {p['block_size']} tokens -> {p['optimizer_steps']} optimizer steps "
