@@ -73,17 +73,19 @@ def rank_tasks(model, tok, jobs, args):
     """{task: predictions} for every ranked task, their prompts batched together (longest first); a task any of
     whose scores is NaN or inf gets a NonFinite instead of its predictions."""
     items = [(name, i, shared, conts) for name, job in jobs.items() for i, (shared, conts) in enumerate(job["items"])]
-    items.sort(key=lambda x: -(len(x[2]) + sum(map(len, x[3]))))
+
+    def width(item):  # its tokens in the packed row: the prompt once, then every candidate
+        return len(item[2]) + sum(map(len, item[3]))
+
+    items.sort(key=lambda x: -width(x))
 
     def run(chunk, tick):  # one forward pass: the bar moves when it ends
         return rank(model, [(s, c) for _, _, s, c in chunk], tok.pad_token_id)
 
     def limit(first):
-        width = len(first[2]) + sum(map(len, first[3]))
-        return max(1, RANK_MASK_BUDGET // (width * width))
+        return max(1, RANK_MASK_BUDGET // (width(first) * width(first)))
 
-    scores = batched(run, items, args.batch_size, "rank " + " ".join(jobs), limit,
-                     work=lambda x: len(x[2]) + sum(map(len, x[3])))
+    scores = batched(run, items, args.batch_size, "rank " + " ".join(jobs), limit, work=width)
     out = {name: [None] * len(job["items"]) for name, job in jobs.items()}
     for (name, i, _, _), s in zip(items, scores):
         if isinstance(out[name], NonFinite):

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 from keys_values import identity, norms
-from keys_values.experiment import layout, records
+from keys_values.experiment import checkpoints, layout, records
 from keys_values.experiment.state import state
 from utils import UserError, read_json, read_jsonl
 
@@ -84,6 +84,11 @@ class Setting:
     def evaluation(self, seed, section, task):
         return self.runs[seed].evaluations.get(section, {}).get(task) if seed in self.runs else None
 
+    @property
+    def trained_tasks(self):
+        """The tasks its adapter was trained on, as its record names them ([] for the base or an older record)."""
+        return [] if self.role == "base" else list(self.any_run().record.get("args", {}).get("tasks") or [])
+
 
 def read_metrics(path):
     """A metrics file's contents, or None (with a warning) when it cannot be read."""
@@ -107,7 +112,7 @@ def left_out(root, tasks_folder):
                 for f in os.listdir(os.path.join(exp, mf))):
             continue
         kind = state(exp)
-        if kind == "partial" and (os.path.isfile(layout.identity_path(exp)) or checkpoints_in(exp)):
+        if kind == "partial" and (os.path.isfile(layout.identity_path(exp)) or checkpoints.checkpoints(exp)):
             out.append(f"{name}: its training did not finish (run it again with --resume)")
         elif kind == "finished":
             out.append(f"{name}: trained, not evaluated yet (llama2_classification_multi_tasks_inference.py "
@@ -115,17 +120,11 @@ def left_out(root, tasks_folder):
     return out
 
 
-def checkpoints_in(exp):
-    return any(layout.CHECKPOINT.fullmatch(n) for n in os.listdir(exp))
-
-
 def off_task(settings):
     """[line] for each setting evaluated on a task it was not trained on (its record names the tasks)."""
     out = []
     for s in settings:
-        if s.role == "base":
-            continue
-        trained = s.any_run().record.get("args", {}).get("tasks")
+        trained = s.trained_tasks
         if not trained:
             continue
         other = sorted({t for r in s.runs.values() for evs in r.evaluations.values() for t in evs} - set(trained))

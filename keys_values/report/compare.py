@@ -102,5 +102,5 @@ def n_of(setting, section, task):
 
 def own_tasks(setting, tasks):
     """The tasks of `tasks` a setting's mean is over: those it was trained on (its record names them), else all."""
-    trained = setting.any_run().record.get("args", {}).get("tasks") if setting.role != "base" else None
-    return [t for t in tasks if t in trained] if trained and any(t in trained for t in tasks) else tasks
+    trained = setting.trained_tasks
+    return [t for t in tasks if t in trained] if any(t in trained for t in tasks) else tasks
