@@ -260,7 +260,8 @@ if open(starts).read().count(f"start {rank}") == 1:
     open(f"{ready}.{rank}", "w").close()
     time.sleep(60)
     sys.exit(1)
-print("resumed from", open(checkpoint).read().count(f"checkpoint {rank}"), "checkpoint(s)")
+# one write per line: the two workers share the log, and print's separate writes of its arguments interleave
+sys.stdout.write(f"resumed from {open(checkpoint).read().count(f'checkpoint {rank}')} checkpoint(s)\\n")
 """
 
 LAUNCHER = """
