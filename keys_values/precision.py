@@ -146,6 +146,9 @@ def precision(dtype="auto", bnb=False, purpose="train", device=None, bf16_cpu=No
         chosen = "bf16" if bf16_gpu or (purpose == "train" and bf16_cpu) else "fp32"
         why = f"{chosen} (auto: {native}{', evaluation' if not cuda and purpose != 'train' else ''})"
     autocast = purpose == "train" and chosen == "bf16" and (cuda or not bnb)  # 4-bit on a CPU: bnb's own casts
+    tf32 = tf32 and purpose == "train"  # the Trainer's tf32=True, as the original; evaluation leaves torch's default
+    if tf32:
+        why += "; fp32 matrix products in TF32"
     if bnb:
         weights = "checkpoint"
     elif purpose == "train":

@@ -51,6 +51,11 @@ def test_the_bf16_probe_measures_this_cpu_and_remembers(tmp_path, monkeypatch):
 def test_precision_planned_for_a_gpu():
     p = precision.precision("auto", True, "train", device="gpu")
     assert (p.dtype, p.bnb, p.autocast, p.tf32) == ("bf16", True, True, True)  # the original's bf16 + tf32
+    assert p.why.endswith("; fp32 matrix products in TF32")  # the plan's words say so, as its JSON does
+    fp32 = precision.precision("fp32", False, "train", device="gpu")
+    assert (fp32.dtype, fp32.tf32) == ("fp32", True) and "TF32" in fp32.why
+    evaluation = precision.precision("auto", False, "generate", device="gpu")
+    assert not evaluation.tf32 and "TF32" not in evaluation.why  # evaluation does not turn TF32 on
     assert precision.precision("auto", False, "generate", device="gpu").dtype == "bf16"
 
 
