@@ -91,6 +91,7 @@ def main(argv=None):
         print(f"\ninterrupted: {folder.kept(out)} in {out}; continue with: {continue_command()}", file=sys.stderr)
         sys.exit(INTERRUPTED)
 
+
 def train(model, tokenizer, blocks, cfg, out, resume_from, plan, logging_steps, control, steps, trainable):
     """(the Trainer after its last step, the mean training loss), or the exit of a run stopped before its last
     step: a stop (SIGUSR1, SIGTERM) saved a checkpoint and exits RESUMABLE; Ctrl-C saved the checkpoint of the

@@ -4,10 +4,11 @@ RunControl (1) logs the loss whenever a checkpoint is saved and at the last step
 every checkpoint covers every step before it (train_loss_of), (2) on SIGUSR1 or SIGTERM (a scheduler's time
 limit or pre-emption) or Ctrl-C (SIGINT) saves a checkpoint at the end of the current optimizer step and stops
 the training there (the run then exits with utils.RESUMABLE, or utils.INTERRUPTED after Ctrl-C; a second Ctrl-C
-stops at once, as does a Ctrl-C before the first step), with every process of a distributed run agreeing on that step, (3) gives each checkpoint's files
-the umask's mode, and (4) on --resume saves and logs at this run's intervals, not the checkpoint's. Its signal
-handlers are installed only while `with control.handling_signals():` runs (the training script: from the model's
-loading to the end of the final save), and the earlier ones put back after."""
+stops at once, as does a Ctrl-C before the first step), with every process of a distributed run agreeing on that
+step, (3) gives each checkpoint's files the umask's mode, and (4) on --resume saves and logs at this run's
+intervals, not the checkpoint's. Its signal handlers are installed only while `with control.handling_signals():`
+runs (the training script: from the model's loading to the end of the final save), and the earlier ones put back
+after."""
 
 import os
 import signal

@@ -56,7 +56,7 @@ def test_precision_planned_for_a_gpu():
     assert (fp32.dtype, fp32.tf32) == ("fp32", True) and "TF32" in fp32.why
     evaluation = precision.precision("auto", False, "generate", device="gpu")
     assert not evaluation.tf32 and "TF32" not in evaluation.why  # evaluation does not turn TF32 on
-    assert precision.precision("auto", False, "generate", device="gpu").dtype == "bf16"
+    assert evaluation.dtype == "bf16"
 
 
 @pytest.mark.parametrize("gpus,distributed,rank,expected", [

@@ -7,7 +7,7 @@ import json
 
 from keys_values import data, lora, memory, models, structure
 from keys_values.config import CARDS_GIB
-from keys_values.experiment import checkpoints, state
+from keys_values.experiment import checkpoints, layout, state
 
 
 def memory_plan(plan, blocks):
@@ -56,8 +56,8 @@ def print_plan(p, as_json=False):
     print(f"\nplan: {p['experiment_dir']} ({p['folder']})")
     if p["folder"] == "partial":
         step = p["resumes_from_step"]
-        print(f"  an interrupted run: --resume continues it from {f'step {step}' if step else 'the first step'} "
-              f"({f'checkpoint-{step}' if step else 'no whole checkpoint'}); --overwrite starts it again")
+        where = f"step {step} ({layout.checkpoint_name(step)})" if step else "the first step (no whole checkpoint)"
+        print(f"  an interrupted run: --resume continues it from {where}; --overwrite starts it again")
     elif p["folder"] == "finished":
         print("  a finished run: with --resume there is nothing to do; --overwrite trains it again")
     for name, t in p["tasks"].items():
